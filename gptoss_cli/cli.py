@@ -1,0 +1,84 @@
+"""The ``gptoss`` command: Typer commands only. Each parses options, calls one function, prints, and
+exits with a documented code. Heavy imports happen inside commands so ``--help`` stays fast."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from . import __version__
+from .errors import ExitCode, GptossError
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 ok; 1 failure; 2 usage error; 3 model not found; 4 network unavailable; "
+    "130 interrupted (Ctrl-C)."
+)
+
+app = typer.Typer(
+    name="gptoss",
+    help=(
+        "Local chat with OpenAI's gpt-oss-20b and gpt-oss-120b on your NVIDIA GPU.\n\n"
+        "Start with `gptoss pull gpt-oss-20b`, then `gptoss chat`.\n\n" + EXIT_CODES_HELP
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"gptoss {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors.", envvar="GPTOSS_DEBUG"),
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+) -> None:
+    if debug:
+        os.environ["GPTOSS_DEBUG"] = "1"
+
+
+def _fail(exc: GptossError) -> int:
+    from rich.console import Console
+
+    err = Console(stderr=True, highlight=False)
+    err.print(f"[bold red]error:[/] {exc.message}", markup=True, soft_wrap=True)
+    if exc.hint:
+        err.print(f"[dim]hint:[/] {exc.hint}", markup=True, soft_wrap=True)
+    return exc.exit_code
+
+
+def main() -> None:
+    """Console-script entry point: turns known errors into one clear message and an exit code."""
+    debug = os.environ.get("GPTOSS_DEBUG") == "1" or "--debug" in sys.argv[1:]
+    try:
+        rc = app(standalone_mode=False)
+    except GptossError as exc:
+        if debug:
+            raise
+        sys.exit(_fail(exc))
+    except KeyboardInterrupt:
+        sys.stderr.write("\ninterrupted\n")
+        sys.exit(ExitCode.INTERRUPTED)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        sys.exit(ExitCode.INTERRUPTED)
+    except Exception as exc:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        sys.stderr.write(f"error: {type(exc).__name__}: {exc}\n(run with --debug for the traceback)\n")
+        sys.exit(ExitCode.FAILURE)
+    sys.exit(rc if isinstance(rc, int) else ExitCode.OK)
