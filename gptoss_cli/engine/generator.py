@@ -1,0 +1,254 @@
+"""The local engine: load a checkpoint, prefill and decode with a KV cache, stream token ids.
+
+The engine remembers which token ids its cache holds, so a chat that sends its whole history each turn only pays
+for the tokens after the longest common prefix (rewinding through the cache's ring snapshots where needed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ..model.cache import KVCache
+from ..model.checkpoint import load_tensors
+from ..model.config import GptOssConfig
+from ..model.transformer import GptOss
+from .sampling import Sampler, SamplingParams
+
+DEFAULT_STOP = (200002, 200012, 199999)  # <|return|>, <|call|>, <|endoftext|>
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0  # prompt tokens whose K/V were already cached
+    prefill_tokens: int = 0  # prompt tokens computed this call
+    prefill_seconds: float = 0.0
+    ttft_seconds: float = 0.0
+    generated_tokens: int = 0
+    decode_seconds: float = 0.0
+    finish_reason: str = ""  # "stop", "length", "cancelled"
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        return (self.generated_tokens - 1) / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.prefill_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+
+class PlacementPlan(Protocol):
+    """What the engine reads from a planner's Plan (see plan.py)."""
+
+    embedding: str
+    lm_head: str
+    experts_on_gpu: tuple[int, ...]
+    context_length: int
+
+
+@dataclass
+class Engine:
+    model: GptOss
+    config: GptOssConfig
+    cache: KVCache
+    stop_ids: tuple[int, ...] = DEFAULT_STOP
+    prefill_chunk: int = 1024
+    model_dir: Path | None = None
+    load_seconds: float = 0.0
+    tokens: list[int] = field(default_factory=list)  # ids whose K/V the cache holds, in order
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def context_length(self) -> int:
+        return self.cache.context_length
+
+    # ---- the small public API ----------------------------------------------------------------
+    @torch.inference_mode()
+    def logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """float32 [len(ids), vocab] from one full forward over a fresh cache (the session cache is untouched)."""
+        cache = KVCache(self.config, max(len(ids), 1), self.device, self.model.dtype)
+        hidden = self.model.forward(self._ids(ids), cache)
+        return self.model.logits(hidden)
+
+    def generate(
+        self,
+        ids: Sequence[int],
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: Iterable[int] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[int]:
+        """Yield up to ``max_new_tokens`` ids after the prompt ``ids``; the stop id that ends it is yielded too.
+
+        Stop between tokens by closing the iterator (``break``) or through ``should_stop``; the cache stays
+        consistent either way, and a later call with a longer history reuses it.
+        """
+        sampler = Sampler(SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed))
+        stops = set(self.stop_ids if stop is None else stop)
+        stats = self.stats = GenerationStats(prompt_tokens=len(ids))
+        t0 = time.perf_counter()
+        last = self.prefill(ids)
+        stats.prefill_seconds = time.perf_counter() - t0
+        t_first = 0.0
+        for i in range(max_new_tokens):
+            token = sampler(last)
+            stats.generated_tokens += 1
+            if i == 0:
+                t_first = time.perf_counter()
+                stats.ttft_seconds = t_first - t0
+            yield token
+            if token in stops:
+                stats.finish_reason = "stop"
+                break
+            if should_stop is not None and should_stop():
+                stats.finish_reason = "cancelled"
+                break
+            if i + 1 < max_new_tokens:
+                last = self.step(token)
+        else:
+            stats.finish_reason = "length"
+        if t_first:
+            stats.decode_seconds = time.perf_counter() - t_first
+
+    # ---- the session protocol -------------------------------------------------------------
+    @torch.inference_mode()
+    def prefill(self, ids: Sequence[int]) -> torch.Tensor:
+        """Make the cache hold exactly ``ids`` and return the last token's logits (float32 [vocab])."""
+        if not ids:
+            raise ValueError("prefill needs at least one token")
+        ids = list(ids)
+        common = _common_prefix(self.tokens, ids)
+        if common == len(ids):  # nothing new: recompute the last token to get its logits
+            common -= 1
+        kept = self.cache.trim(common)
+        del self.tokens[kept:]
+        self.stats.reused_tokens = kept
+        self.stats.prefill_tokens = len(ids) - kept
+        new = ids[kept:]
+        self.cache.check_room(len(new))
+        hidden = None
+        for start in range(0, len(new), self.prefill_chunk):
+            hidden = self._forward(new[start:start + self.prefill_chunk])
+        self.cache.mark()
+        assert hidden is not None
+        return self.model.logits(hidden[-1:])[0]
+
+    @torch.inference_mode()
+    def step(self, token: int) -> torch.Tensor:
+        """Append one token; return its logits (float32 [vocab])."""
+        return self.model.logits(self._forward([token]))[0]
+
+    def reset(self) -> None:
+        self.cache.reset()
+        self.tokens.clear()
+
+    # ---- internals --------------------------------------------------------------------------
+    def _ids(self, ids: Sequence[int]) -> torch.Tensor:
+        vocab = self.config.vocab_size
+        bad = [i for i in ids if not 0 <= i < vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is outside the vocabulary (size {vocab})")
+        return torch.tensor(list(ids), dtype=torch.long, device=self.device)
+
+    def _forward(self, chunk: list[int]) -> torch.Tensor:
+        """One forward that leaves the cache consistent even if interrupted (Ctrl-C) midway."""
+        before = self.cache.length
+        try:
+            hidden = self.model.forward(self._ids(chunk), self.cache)
+        except BaseException:
+            kept = self.cache.trim(before, force=True)
+            del self.tokens[kept:]
+            raise
+        self.tokens.extend(chunk)
+        return hidden
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        from ..errors import GptossError
+
+        raise GptossError("CUDA was requested but torch sees no NVIDIA GPU",
+                          hint="Run `gptoss doctor`, or use --device cpu (slow).")
+    return dev
+
+
+def read_stop_ids(model_dir: Path) -> tuple[int, ...]:
+    """Stop ids from generation_config.json (eos_token_id), with <|return|> and <|call|> always included."""
+    path = model_dir / "generation_config.json"
+    ids: list[int] = []
+    if path.is_file():
+        try:
+            eos = json.loads(path.read_text(encoding="utf-8")).get("eos_token_id", [])
+            ids = [eos] if isinstance(eos, int) else [i for i in eos if isinstance(i, int)]
+        except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+            ids = []
+    return tuple(dict.fromkeys([*ids, *DEFAULT_STOP]))
+
+
+def load(model: Any, device: str = "auto", dtype: torch.dtype | None = None, context_length: int | None = None,
+         plan: PlacementPlan | None = None, progress: Callable[[int, int], None] | None = None) -> Engine:
+    """Load a model directory in the hub layout.
+
+    ``dtype`` is the compute dtype (default bf16, the checkpoint's own; tests use float32). ``plan`` (from
+    plan.py) places the embedding, lm_head and each layer's experts; without one everything goes on ``device``.
+    ``progress(done, total)`` is called per tensor.
+    """
+    t0 = time.perf_counter()
+    model_dir = Path(model)
+    cfg = GptOssConfig.from_file(model_dir)
+    dev = resolve_device(device)
+    dtype = dtype or torch.bfloat16
+    host = torch.device("cpu")
+
+    def device_for(name: str) -> torch.device:
+        if plan is None or dev.type == "cpu":
+            return dev
+        if name.startswith("model.embed_tokens"):
+            return dev if plan.embedding == "gpu" else host
+        if name.startswith("lm_head"):
+            return dev if plan.lm_head == "gpu" else host
+        if ".mlp.experts." in name:
+            layer = int(name.split(".")[2])
+            return dev if layer in plan.experts_on_gpu else host
+        return dev
+
+    from ..model.checkpoint import expected_tensors
+
+    total = len(expected_tensors(cfg))
+    tensors: dict[str, torch.Tensor] = {}
+    for name, tensor in load_tensors(model_dir, cfg, dtype, device_for):
+        tensors[name] = tensor
+        if progress is not None:
+            progress(len(tensors), total)
+    net = GptOss.from_tensors(cfg, tensors, dev, dtype)
+    ctx = context_length or (plan.context_length if plan is not None else cfg.max_position_embeddings)
+    cache = KVCache(cfg, ctx, dev, dtype)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return Engine(model=net, config=cfg, cache=cache, stop_ids=read_stop_ids(model_dir), model_dir=model_dir,
+                  load_seconds=time.perf_counter() - t0)

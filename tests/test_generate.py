@@ -1,0 +1,125 @@
+"""Sampling and the streaming generation loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import gptoss_cli
+from gptoss_cli.engine.sampling import Sampler, SamplingParams
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model_dir: Path):
+    return gptoss_cli.load(tiny_model_dir, device="cpu", dtype=torch.float32)
+
+
+def test_greedy_picks_argmax() -> None:
+    logits = torch.tensor([0.1, 3.0, -2.0, 2.9])
+    assert Sampler(SamplingParams(temperature=0))(logits) == 1
+
+
+def test_top_k_and_top_p_restrict_the_support() -> None:
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    top_k = Sampler(SamplingParams(temperature=1.0, top_k=2, seed=0))
+    assert {top_k(logits) for _ in range(200)} == {0, 1}
+    top_p = Sampler(SamplingParams(temperature=1.0, top_p=0.7, seed=0))  # 0.5 then 0.3 crosses 0.7
+    assert {top_p(logits) for _ in range(200)} == {0, 1}
+    full = Sampler(SamplingParams(temperature=1.0, seed=0))
+    assert {full(logits) for _ in range(400)} == {0, 1, 2, 3}
+
+
+def test_seed_makes_sampling_reproducible() -> None:
+    logits = torch.randn(1000, generator=torch.Generator().manual_seed(0))
+    a = Sampler(SamplingParams(temperature=1.0, seed=42))
+    b = Sampler(SamplingParams(temperature=1.0, seed=42))
+    assert [a(logits) for _ in range(20)] == [b(logits) for _ in range(20)]
+
+
+@pytest.mark.parametrize("params", [dict(temperature=-1), dict(top_p=0), dict(top_p=1.5), dict(top_k=-1)])
+def test_invalid_sampling_params(params) -> None:
+    with pytest.raises(ValueError):
+        SamplingParams(**params)
+
+
+def test_greedy_generation_follows_full_forward_argmax(engine) -> None:
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8]
+    out = list(engine.generate(prompt, max_new_tokens=20, temperature=0, stop=[]))
+    assert len(out) == 20
+    logits = engine.logits(prompt + out)
+    assert logits[len(prompt) - 1:-1].argmax(-1).tolist() == out
+    assert engine.stats.finish_reason == "length" and engine.stats.generated_tokens == 20
+
+
+def test_generation_stops_on_a_stop_id_and_yields_it(engine) -> None:
+    prompt = [9, 10, 11]
+    free = list(engine.generate(prompt, max_new_tokens=10, temperature=0, stop=[]))
+    stop_at = free[4]
+    first = free.index(stop_at)
+    out = list(engine.generate(prompt, max_new_tokens=10, temperature=0, stop=[stop_at]))
+    assert out == free[: first + 1]
+    assert engine.stats.finish_reason == "stop"
+
+
+def test_same_seed_same_stream(engine) -> None:
+    a = list(engine.generate([3, 1, 4], max_new_tokens=15, temperature=1.0, seed=7, stop=[]))
+    b = list(engine.generate([3, 1, 4], max_new_tokens=15, temperature=1.0, seed=7, stop=[]))
+    assert a == b
+
+
+def test_stopping_between_tokens_keeps_the_cache_usable(engine) -> None:
+    prompt = [20, 21, 22, 23]
+    calls = iter(range(100))
+    out = list(engine.generate(prompt, max_new_tokens=50, temperature=0, stop=[],
+                               should_stop=lambda: next(calls) >= 4))
+    assert len(out) == 5 and engine.stats.finish_reason == "cancelled"
+    stream = engine.generate(prompt, max_new_tokens=50, temperature=0, stop=[])
+    taken = [next(stream) for _ in range(3)]
+    stream.close()
+    assert taken == out[:3]
+    # The next request reuses the cache and still computes the right thing.
+    longer = prompt + out
+    last = engine.prefill(longer)
+    assert engine.stats.reused_tokens >= len(prompt)
+    assert (last - engine.logits(longer)[-1]).abs().max().item() <= 1e-4
+
+
+def test_interrupt_inside_a_forward_leaves_the_cache_exact(engine, monkeypatch) -> None:
+    prompt = list(range(40, 90))
+    engine.prefill(prompt)
+    model = engine.model
+    real = model.attention_block
+    count = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == 2:  # after layer 0 wrote its ring, before the others did
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "attention_block", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        engine.step(5)
+    monkeypatch.setattr(model, "attention_block", real)
+    assert engine.cache.length == len(engine.tokens)
+    last = engine.prefill(prompt + [5, 6])
+    assert (last - engine.logits(prompt + [5, 6])[-1]).abs().max().item() <= 1e-4
+
+
+def test_context_overflow_is_a_clear_error(tiny_model_dir: Path) -> None:
+    from gptoss_cli.errors import ContextLengthError
+
+    small = gptoss_cli.load(tiny_model_dir, device="cpu", context_length=32)
+    with pytest.raises(ContextLengthError, match="context holds 32"):
+        small.prefill(list(range(40)))
+
+
+def test_out_of_vocabulary_id_is_rejected(engine) -> None:
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        engine.logits([1, 5000])
+
+
+def test_stop_ids_come_from_generation_config(engine) -> None:
+    assert {200002, 200012, 199999} <= set(engine.stop_ids)
