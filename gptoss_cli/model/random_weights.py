@@ -159,11 +159,12 @@ def random_tensors(cfg: GptOssConfig, seed: int = 0, device: torch.device | str 
 
 
 def write_checkpoint(out_dir: str | Path, config: dict[str, Any] | None = None, *, seed: int = 0,
-                     shards: int = 2) -> Path:
+                     shards: int = 2, device: torch.device | str = "cpu") -> Path:
     """Write ``config.json``, ``generation_config.json``, sharded safetensors and their index to ``out_dir``.
 
     Shards are named as the official repos name them (0-based, ``model-00000-of-00002`` ... with the last index in
     the name); layers are spread over all but the last shard, which holds the embedding, final norm and lm_head.
+    ``device="cuda"`` draws and quantizes on the GPU (minutes become seconds at the full 20b/120b shapes).
     """
     from safetensors.torch import save_file
 
@@ -173,7 +174,7 @@ def write_checkpoint(out_dir: str | Path, config: dict[str, Any] | None = None, 
     cfg = GptOssConfig.from_dict(raw)
     shards = max(1, min(shards, cfg.num_hidden_layers + 1))
     names = [f"model-{i:05d}-of-{shards - 1:05d}.safetensors" for i in range(shards)]
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     weight_map: dict[str, str] = {}
     total = 0
     layer_shards = max(1, shards - 1)
@@ -182,10 +183,10 @@ def write_checkpoint(out_dir: str | Path, config: dict[str, Any] | None = None, 
         tensors: dict[str, torch.Tensor] = {}
         if s < layer_shards:
             for layer in range(s * per_shard, min((s + 1) * per_shard, cfg.num_hidden_layers)):
-                tensors.update(layer_tensors(cfg, layer, gen))
+                tensors.update(layer_tensors(cfg, layer, gen, device))
         if s == shards - 1:
-            tensors.update(global_tensors(cfg, gen))
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / names[s]), metadata={"format": "pt"})
+            tensors.update(global_tensors(cfg, gen, device))
+        save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(out / names[s]), metadata={"format": "pt"})
         for name, t in tensors.items():
             weight_map[name] = names[s]
             total += t.numel() * t.element_size()
