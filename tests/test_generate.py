@@ -123,3 +123,17 @@ def test_out_of_vocabulary_id_is_rejected(engine) -> None:
 
 def test_stop_ids_come_from_generation_config(engine) -> None:
     assert {200002, 200012, 199999} <= set(engine.stop_ids)
+
+
+def test_scripted_engine_accounts_prefix_reuse_like_the_real_one(engine) -> None:
+    from gptoss_cli.engine.scripted import ScriptedEngine
+
+    prompt = [30, 31, 32, 33]
+    real_out = list(engine.generate(prompt, max_new_tokens=6, temperature=0, stop=[]))
+    scripted = ScriptedEngine(responses=[list(real_out), [7, 8]])
+    assert list(scripted.generate(prompt, max_new_tokens=6, stop=[])) == real_out
+    follow_up = prompt + real_out + [40, 41]
+    list(engine.generate(follow_up, max_new_tokens=2, temperature=0, stop=[]))
+    list(scripted.generate(follow_up, max_new_tokens=2, stop=[]))
+    assert scripted.stats.reused_tokens == engine.stats.reused_tokens == len(prompt) + len(real_out) - 1
+    assert scripted.prompts == [prompt, follow_up]
