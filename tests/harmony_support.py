@@ -76,3 +76,18 @@ def harmony_encoding():
             del os.environ["TIKTOKEN_ENCODINGS_BASE"]
         else:
             os.environ["TIKTOKEN_ENCODINGS_BASE"] = previous
+
+
+def ids_from_text(tokenizer: Tokenizer, text: str) -> list[int]:
+    """Ids for text written with visible special tokens: each "<|name|>" becomes its id, the rest is plain text
+    encoded piece by piece (the way a model emits headers and content)."""
+    import re
+
+    specials = vocab.harmony_special_tokens()
+    ids: list[int] = []
+    for piece in re.split(r"(<\|[a-z_0-9]+\|>)", text):
+        if piece in specials:
+            ids.append(specials[piece])
+        elif piece:
+            ids += tokenizer.encode(piece)
+    return ids
