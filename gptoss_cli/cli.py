@@ -44,6 +44,36 @@ def _root(
         os.environ["GPTOSS_DEBUG"] = "1"
 
 
+@app.command("plan")
+def plan_command(
+    model: str = typer.Argument("gpt-oss-20b", help="gpt-oss-20b, gpt-oss-120b, or a local model directory."),
+    vram: str | None = typer.Option(None, "--vram", help="Plan for this much free VRAM, e.g. 12GB (0: no GPU)."),
+    ram: str | None = typer.Option(None, "--ram", help="Plan for this much available system RAM, e.g. 32GB."),
+    context: int | None = typer.Option(None, "--context", min=1,
+                                       help="Context in tokens; kept even if experts must move to RAM."),
+    no_quantize: bool = typer.Option(False, "--no-quantize", help="Keep attention and lm_head in bf16, never int8."),
+    headroom: str = typer.Option("1GB", "--headroom", help="VRAM to leave free for the desktop and CUDA."),
+    json_out: bool = typer.Option(False, "--json", help="Print the plan as JSON (the engine's input)."),
+) -> None:
+    """Show what would run where on this machine, before any download. Sizes are binary (1 GB = 1024 MiB)."""
+    from .hardware import HardwareOverride, detect, parse_size
+    from .plan import Wishes, plan_for
+
+    wishes = Wishes(context=context, quantize=not no_quantize, headroom_bytes=parse_size(headroom, "--headroom"))
+    plan = plan_for(model, detect(HardwareOverride.from_strings(vram, ram)), wishes)
+    if json_out:
+        typer.echo(plan.to_json())
+    elif plan.fits:
+        from rich.console import Console
+
+        from .plan_view import render_plan
+
+        Console(highlight=False).print(render_plan(plan))
+    if not plan.fits:
+        hint = "would fit: " + "; ".join(plan.suggestions) if plan.suggestions else None
+        raise GptossError(plan.refusal_reason or "does not fit", hint=hint)
+
+
 def _fail(exc: GptossError) -> int:
     from rich.console import Console
 
