@@ -74,6 +74,85 @@ def plan_command(
         raise GptossError(plan.refusal_reason or "does not fit", hint=hint)
 
 
+# ---- the model store: pull / list / show / rm -------------------------------------------------------------
+_MODELS_DIR_HELP = "Model store folder (default: the user cache dir, e.g. ~/.cache/gptoss/models)."
+
+
+def _models_dir_option() -> typer.models.OptionInfo:
+    return typer.Option(None, "--models-dir", envvar="GPTOSS_MODELS", help=_MODELS_DIR_HELP, show_default=False)
+
+
+@app.command("pull")
+def pull_command(
+    name: str = typer.Argument(..., help="gpt-oss-20b, gpt-oss-120b, a hub repo id (org/name, optionally @revision), "
+                                         "or a local model directory to register."),
+    models_dir: str | None = _models_dir_option(),
+) -> None:
+    """Download a model (only the files gptoss runs), after showing its size, free disk and how it would run here.
+
+    An interrupted pull resumes where it stopped; every weight file is checked against the hub's sha256.
+    A model already in the Hugging Face cache is used from there.
+    Honours HF_TOKEN, HF_ENDPOINT and HF_HUB_OFFLINE.
+    """
+    from .store_view import run_pull
+
+    run_pull(name, models_dir)
+
+
+@app.command("list")
+def list_command(
+    json_out: bool = typer.Option(False, "--json", help="Print the models as JSON."),
+    models_dir: str | None = _models_dir_option(),
+) -> None:
+    """List pulled models: name, size, last used, location."""
+    from .store_view import run_list
+
+    run_list(models_dir, json_out)
+
+
+@app.command("show")
+def show_command(
+    name: str = typer.Argument(..., help="A model name from `gptoss list`."),
+    models_dir: str | None = _models_dir_option(),
+) -> None:
+    """Show a pulled model: where it came from, its shape, its files, disk use and how it would run here."""
+    from .store_view import run_show
+
+    run_show(name, models_dir)
+
+
+@app.command("rm")
+def rm_command(
+    name: str = typer.Argument(..., help="A model name from `gptoss list`."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    models_dir: str | None = _models_dir_option(),
+) -> None:
+    """Delete a pulled model (a registered directory or Hugging Face cache copy is only forgotten)."""
+    from .store_view import run_rm
+
+    run_rm(name, models_dir, yes)
+
+
+# ---- benchmarks -------------------------------------------------------------------------------------------
+@app.command("bench")
+def bench_command(
+    model: str | None = typer.Argument(None, help="A pulled model or model directory (or use --random)."),
+    random: str | None = typer.Option(None, "--random", help="Random weights at the real shape: 20b or 120b. "
+                                                             "Needs no download."),
+    prompts: str = typer.Option("512,2048", "--prompt", "-p", help="Prefill lengths to time (comma-separated)."),
+    depths: str = typer.Option("0", "--depth", "-d", help="Context depths at which to time decode."),
+    decode: int = typer.Option(128, "--decode", "-n", min=1, help="Tokens generated per decode run."),
+    repeats: int = typer.Option(3, "--repeats", "-r", min=1, help="Runs per test; the median is reported."),
+    device: str = typer.Option("auto", "--device", help="auto, cuda, cuda:N or cpu."),
+    json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
+    models_dir: str | None = _models_dir_option(),
+) -> None:
+    """Measure prefill and decode tokens/s, TTFT, load time and peak memory (as llama-bench does)."""
+    from .bench_view import run_bench_command
+
+    run_bench_command(model, random, prompts, depths, decode, repeats, device, json_out, models_dir)
+
+
 def _fail(exc: GptossError) -> int:
     from rich.console import Console
 

@@ -252,3 +252,20 @@ def load(model: Any, device: str = "auto", dtype: torch.dtype | None = None, con
         torch.cuda.synchronize(dev)
     return Engine(model=net, config=cfg, cache=cache, stop_ids=read_stop_ids(model_dir), model_dir=model_dir,
                   load_seconds=time.perf_counter() - t0)
+
+
+def load_random(cfg: GptOssConfig, device: str = "auto", dtype: torch.dtype | None = None,
+                context_length: int = 4096, seed: int = 0) -> Engine:
+    """An engine over random weights built in memory at ``cfg``'s shape (drawn on the target device), for
+    benchmarks that need no download. Experts are real MXFP4 from the quantizer."""
+    from ..model.random_weights import random_tensors
+
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    dtype = dtype or torch.bfloat16
+    tensors = {name: (t if t.dtype == torch.uint8 else t.to(dtype)) for name, t in random_tensors(cfg, seed, dev)}
+    net = GptOss.from_tensors(cfg, tensors, dev, dtype)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return Engine(model=net, config=cfg, cache=KVCache(cfg, context_length, dev, dtype),
+                  load_seconds=time.perf_counter() - t0)

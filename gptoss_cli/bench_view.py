@@ -1,0 +1,77 @@
+"""What ``gptoss bench`` prints: a llama-bench-like table, or JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from .engine.bench import BenchResult
+
+
+def _parse_list(text: str, what: str) -> list[int]:
+    from .errors import UsageError
+
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{what} must be a comma-separated list of token counts, got {text!r}") from None
+    if not values or any(v < 0 for v in values):
+        raise UsageError(f"{what} must list non-negative token counts, got {text!r}")
+    return values
+
+
+def run_bench_command(model: str | None, random: str | None, prompts: str, depths: str, decode: int, repeats: int,
+                      device: str, json_out: bool, models_dir: str | None) -> None:
+    import torch
+
+    from .errors import UsageError
+    from .engine.bench import run_bench
+    from .engine.generator import load, load_random
+    from .model.config import official_config
+
+    prompt_list, depth_list = _parse_list(prompts, "--prompt"), _parse_list(depths, "--depth")
+    err = Console(stderr=True)
+    context = max(max(prompt_list), max(depth_list) + decode, 64) + 8
+    with err.status("loading model…") as status:
+        if random:
+            name = {"20b": "gpt-oss-20b", "120b": "gpt-oss-120b"}.get(random, random)
+            if name not in ("gpt-oss-20b", "gpt-oss-120b"):
+                raise UsageError(f"--random takes 20b or 120b, got {random!r}")
+            engine = load_random(official_config(name), device=device, context_length=context)
+            label = f"{name} (random weights)"
+        elif model:
+            from .store import resolve_model
+
+            path = resolve_model(model, models_dir)
+            engine = load(path, device=device, context_length=context)
+            label = model
+        else:
+            raise UsageError("give a MODEL or --random 20b|120b")
+        result = run_bench(engine, label, prompt_list, depth_list, decode, repeats,
+                           progress=lambda msg: status.update(msg))
+        del engine
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if json_out:
+        json.dump(result.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        Console().print(render(result))
+
+
+def render(result: BenchResult) -> Table:
+    table = Table(title=f"{result.model} on {result.device} ({result.path} path, median of {result.repeats})")
+    for col in ("test", "tok/s", "notes"):
+        table.add_column(col, justify="right" if col == "tok/s" else "left")
+    for n, rate in result.prefill_tok_s.items():
+        table.add_row(f"pp{n}", f"{rate:,.0f}", f"TTFT {result.ttft_ms[n]:,.0f} ms")
+    for depth, rate in result.decode_tok_s.items():
+        floor = result.floor_tok_s.get(depth)
+        note = f"{result.percent_of_floor(depth):.0f}% of the {floor:,.0f} tok/s floor" if floor else ""
+        table.add_row(f"tg @ depth {depth}", f"{rate:,.1f}", note)
+    table.caption = (f"load {result.load_seconds:.1f} s · peak GPU memory {result.peak_memory_bytes / 1e9:.2f} GB · "
+                     f"copy bandwidth {result.bandwidth_gb_s:,.0f} GB/s")
+    return table

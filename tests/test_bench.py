@@ -1,0 +1,38 @@
+"""`gptoss bench` on the CPU with a tiny model: the measurements exist and the bandwidth floor is the spec's."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from gptoss_cli.engine.bench import decode_bytes_per_token
+from gptoss_cli.model.config import official_config
+
+
+def test_decode_bytes_match_the_performance_spec() -> None:
+    # specs/performance.md: 3.708 GB (20b) and 5.003 GB (120b) of weights per token at batch 1.
+    assert abs(decode_bytes_per_token(official_config("gpt-oss-20b"), 0) / 1e9 - 3.708) < 0.001
+    assert abs(decode_bytes_per_token(official_config("gpt-oss-120b"), 0) / 1e9 - 5.003) < 0.001
+    # KV: 2 KiB per token per full-attention layer; 12 of them in 20b -> +0.81 GB at 32k.
+    grow = decode_bytes_per_token(official_config("gpt-oss-20b"), 32768) - decode_bytes_per_token(
+        official_config("gpt-oss-20b"), 0)
+    assert abs(grow / 1e9 - 0.805) < 0.01
+
+
+def test_bench_json_on_a_tiny_model(tiny_model_dir: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "gptoss_cli", "bench", str(tiny_model_dir), "--device", "cpu",
+                          "--prompt", "32,64", "--depth", "0,40", "--decode", "4", "--repeats", "1", "--json"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result["prefill_tok_s"]) == {"32", "64"} and set(result["decode_tok_s"]) == {"0", "40"}
+    assert all(v > 0 for v in result["prefill_tok_s"].values())
+    assert all(v > 0 for v in result["decode_tok_s"].values())
+
+
+def test_bench_needs_a_model_or_random() -> None:
+    out = subprocess.run([sys.executable, "-m", "gptoss_cli", "bench", "--device", "cpu"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 2 and "--random" in out.stderr
