@@ -202,7 +202,13 @@ def _final(text: str) -> dict[str, Any]:
 
 
 def _call(recipient: str, args: str, channel: str = "commentary", content_type: str = "<|constrain|>json") -> dict:
-    return {"role": "assistant", "channel": channel, "recipient": recipient, "content_type": content_type, "content": args}
+    return {
+        "role": "assistant",
+        "channel": channel,
+        "recipient": recipient,
+        "content_type": content_type,
+        "content": args,
+    }
 
 
 def _result(name: str, output: str, channel: str = "commentary") -> dict[str, Any]:
@@ -214,12 +220,16 @@ CASES: tuple[Case, ...] = (
     Case("medium_effort_dated", ChatOptions(current_date=DATE), (_user("Hi!"),)),
     Case(
         "high_effort_instructions",
-        ChatOptions(reasoning_effort="high", current_date=DATE, instructions="Answer the user's questions like a robot."),
+        ChatOptions(
+            reasoning_effort="high", current_date=DATE, instructions="Answer the user's questions like a robot."
+        ),
         (_user("What is the capital of the largest country in the world?"),),
     ),
     Case(
         "identity_and_cutoff",
-        ChatOptions(model_identity="You are Gizmo, a helpful bot.", knowledge_cutoff="2021-01", current_date="2021-01-01"),
+        ChatOptions(
+            model_identity="You are Gizmo, a helpful bot.", knowledge_cutoff="2021-01", current_date="2021-01-01"
+        ),
         (_user("Who are you?"),),
     ),
     Case("no_cutoff_no_identity", ChatOptions(model_identity=None, knowledge_cutoff=None), (_user("ping"),)),
@@ -236,16 +246,30 @@ CASES: tuple[Case, ...] = (
     Case(
         "system_dict_becomes_instructions",
         ChatOptions(current_date=DATE),
-        ({"role": "system", "content": "You are terse."}, {"role": "developer", "content": "Use metric units."}, _user("Weather?")),
+        (
+            {"role": "system", "content": "You are terse."},
+            {"role": "developer", "content": "Use metric units."},
+            _user("Weather?"),
+        ),
     ),
     Case(
         "weather_functions",
-        ChatOptions(reasoning_effort="high", current_date=DATE, instructions="Always respond in riddles", functions=WEATHER_TOOLS),
+        ChatOptions(
+            reasoning_effort="high",
+            current_date=DATE,
+            instructions="Always respond in riddles",
+            functions=WEATHER_TOOLS,
+        ),
         (_user("What is the weather like in SF?"),),
     ),
     Case(
         "kitchensink_schema",
-        ChatOptions(reasoning_effort="high", current_date=DATE, instructions="Always respond in riddles", functions=WEATHER_TOOLS + (KITCHENSINK,)),
+        ChatOptions(
+            reasoning_effort="high",
+            current_date=DATE,
+            instructions="Always respond in riddles",
+            functions=WEATHER_TOOLS + (KITCHENSINK,),
+        ),
         (_user("What is the weather like in SF?"),),
     ),
     Case(
@@ -256,11 +280,17 @@ CASES: tuple[Case, ...] = (
     Case("odd_schemas_no_instructions", ChatOptions(functions=ODD_SCHEMAS), (_user("go"),)),
     Case(
         "openai_style_tools",
-        ChatOptions(reasoning_effort="low", current_date=DATE, instructions="Plan meetings.", functions=OPENAI_STYLE_TOOLS),
+        ChatOptions(
+            reasoning_effort="low", current_date=DATE, instructions="Plan meetings.", functions=OPENAI_STYLE_TOOLS
+        ),
         (_user("Book lunch with bob@example.com tomorrow at noon"),),
     ),
     Case("browser_only", ChatOptions(current_date=DATE, builtin_tools=(BROWSER_TOOL,)), (_user("News?"),)),
-    Case("python_only", ChatOptions(reasoning_effort="high", current_date=DATE, builtin_tools=(PYTHON_TOOL,)), (_user("2**100?"),)),
+    Case(
+        "python_only",
+        ChatOptions(reasoning_effort="high", current_date=DATE, builtin_tools=(PYTHON_TOOL,)),
+        (_user("2**100?"),),
+    ),
     Case(
         "python_stateless",
         ChatOptions(reasoning_effort="low", current_date=DATE, builtin_tools=(PYTHON_STATELESS_TOOL,)),
@@ -268,12 +298,19 @@ CASES: tuple[Case, ...] = (
     ),
     Case(
         "browser_python_functions",
-        ChatOptions(current_date=DATE, builtin_tools=(PYTHON_TOOL, BROWSER_TOOL), functions=WEATHER_TOOLS, instructions="Be brief."),
+        ChatOptions(
+            current_date=DATE,
+            builtin_tools=(PYTHON_TOOL, BROWSER_TOOL),
+            functions=WEATHER_TOOLS,
+            instructions="Be brief.",
+        ),
         (_user("Weather in Paris and 3**3?"),),
     ),
     Case(
         "function_call_loop_ongoing",
-        ChatOptions(reasoning_effort="high", current_date=DATE, instructions="Use a friendly tone.", functions=WEATHER_TOOLS),
+        ChatOptions(
+            reasoning_effort="high", current_date=DATE, instructions="Use a friendly tone.", functions=WEATHER_TOOLS
+        ),
         (
             _user("What is the weather like in SF?"),
             _analysis("Need to use function get_current_weather."),
@@ -289,8 +326,16 @@ CASES: tuple[Case, ...] = (
             {
                 "role": "assistant",
                 "tool_calls": [
-                    {"id": "c1", "type": "function", "function": {"name": "get_current_weather", "arguments": '{"location":"Oslo"}'}},
-                    {"id": "c2", "type": "function", "function": {"name": "get_current_weather", "arguments": {"location": "Rome"}}},
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get_current_weather", "arguments": '{"location":"Oslo"}'},
+                    },
+                    {
+                        "id": "c2",
+                        "type": "function",
+                        "function": {"name": "get_current_weather", "arguments": {"location": "Rome"}},
+                    },
                 ],
             },
             {"role": "tool", "name": "functions.get_current_weather", "tool_call_id": "c1", "content": '{"temp": 3}'},
@@ -313,8 +358,12 @@ CASES: tuple[Case, ...] = (
         (
             _user("Who is the current US president?"),
             _analysis("Let's browse to confirm."),
-            _call("browser.search", '{"query": "current US president", "topn": 10, "source": "news"}', content_type="code"),
-            _result("browser.search", "[0] Result title (https://example.com)\n**viewing lines [0 - 3] of 3**\n\nL0: text"),
+            _call(
+                "browser.search", '{"query": "current US president", "topn": 10, "source": "news"}', content_type="code"
+            ),
+            _result(
+                "browser.search", "[0] Result title (https://example.com)\n**viewing lines [0 - 3] of 3**\n\nL0: text"
+            ),
             _call("browser.open", '{"id": 0, "cursor": 0}', channel="analysis", content_type="code"),
             _result("browser.open", "L0: more text", channel="analysis"),
         ),
@@ -416,7 +465,12 @@ CASES: tuple[Case, ...] = (
     Case(
         "developer_message_mid_conversation",
         ChatOptions(current_date=DATE, instructions="Be helpful."),
-        (_user("Hi"), _final("Hello."), {"role": "developer", "content": "From now on answer in Spanish."}, _user("How are you?")),
+        (
+            _user("Hi"),
+            _final("Hello."),
+            {"role": "developer", "content": "From now on answer in Spanish."},
+            _user("How are you?"),
+        ),
     ),
     Case(
         "structured_final_in_history",
@@ -426,7 +480,12 @@ CASES: tuple[Case, ...] = (
         ),
         (
             _user("List 2 fruits."),
-            {"role": "assistant", "channel": "final", "content_type": "<|constrain|>json", "content": '{"items":["apple","pear"]}'},
+            {
+                "role": "assistant",
+                "channel": "final",
+                "content_type": "<|constrain|>json",
+                "content": '{"items":["apple","pear"]}',
+            },
             _user("Two more."),
         ),
     ),
@@ -435,7 +494,12 @@ CASES: tuple[Case, ...] = (
         ChatOptions(reasoning_effort="medium", current_date=DATE, functions=WEATHER_TOOLS),
         (
             _user("Weather in Kyiv?"),
-            {"role": "assistant", "recipient": "functions.get_current_weather", "content_type": "<|constrain|>json", "content": '{"location":"Kyiv"}'},
+            {
+                "role": "assistant",
+                "recipient": "functions.get_current_weather",
+                "content_type": "<|constrain|>json",
+                "content": '{"location":"Kyiv"}',
+            },
             {"role": "tool", "name": "functions.get_current_weather", "content": "cold"},
             {"role": "assistant", "content": "It is cold."},
             _user("Thanks"),

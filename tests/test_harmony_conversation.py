@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 from harmony_corpus import CASES, DATE, WEATHER_TOOLS, Case
-from harmony_support import ids_from_text, small_tokenizer  # noqa: F401 (fixture)
+from harmony_support import ids_from_text
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gptoss_cli.harmony.conversation import Conversation, common_prefix
 from gptoss_cli.harmony.render import ChatOptions, render_prompt
@@ -47,6 +49,8 @@ format?: "celsius" | "fahrenheit", // default: celsius
 
 } // namespace functions<|end|><|start|>user<|message|>What is the weather like in SF?<|end|><|start|>assistant<|channel|>analysis<|message|>Need to use function get_weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"location":"San Francisco"}<|call|><|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>{"sunny": true, "temperature": 20}<|end|><|start|>assistant"""
 
+pytest_plugins = ("harmony_fixtures",)
+
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_conversation_renders_dict_histories_like_render_prompt(case: Case, small_tokenizer):
@@ -56,7 +60,9 @@ def test_conversation_renders_dict_histories_like_render_prompt(case: Case, smal
 
 def test_generated_call_is_kept_in_the_model_layout(small_tokenizer):
     tok = small_tokenizer
-    options = ChatOptions(reasoning_effort="high", current_date=DATE, instructions="Use a friendly tone.", functions=WEATHER_TOOLS)
+    options = ChatOptions(
+        reasoning_effort="high", current_date=DATE, instructions="Use a friendly tone.", functions=WEATHER_TOOLS
+    )
     convo = Conversation(tok, options, [{"role": "user", "content": "What is the weather like in SF?"}])
     prompt = convo.prompt_tokens()
     generated = ids_from_text(
@@ -86,7 +92,11 @@ def test_new_user_turn_drops_analysis_and_keeps_everything_before_that_turn(smal
     tok = small_tokenizer
     convo = Conversation(tok, ChatOptions(), [{"role": "user", "content": "2+2?"}])
     first_prompt = convo.prompt_tokens()
-    convo.append_completion(ids_from_text(tok, "<|channel|>analysis<|message|>Easy.<|end|><|start|>assistant<|channel|>final<|message|>4<|return|>"))
+    convo.append_completion(
+        ids_from_text(
+            tok, "<|channel|>analysis<|message|>Easy.<|end|><|start|>assistant<|channel|>final<|message|>4<|return|>"
+        )
+    )
     engine_tokens = convo.tokens()  # what the engine has computed (the stop replaced, as it was never fed)
     convo.append({"role": "user", "content": "3+3?"})
     second_prompt = convo.prompt_tokens()
@@ -100,7 +110,12 @@ def test_new_user_turn_drops_analysis_and_keeps_everything_before_that_turn(smal
     kept = common_prefix(engine_tokens, second_prompt)
     assert len(first_prompt) <= kept < len(engine_tokens)
 
-    convo.append_completion(ids_from_text(tok, "<|channel|>analysis<|message|>Also easy.<|end|><|start|>assistant<|channel|>final<|message|>6<|return|>"))
+    convo.append_completion(
+        ids_from_text(
+            tok,
+            "<|channel|>analysis<|message|>Also easy.<|end|><|start|>assistant<|channel|>final<|message|>6<|return|>",
+        )
+    )
     before_third = convo.tokens()
     convo.append({"role": "user", "content": "Bye"})
     third_prompt = convo.prompt_tokens()
@@ -113,10 +128,18 @@ def test_tool_loop_keeps_analysis_until_the_next_user_message(small_tokenizer):
     tok = small_tokenizer
     convo = Conversation(tok, ChatOptions(), [{"role": "user", "content": "2**10?"}])
     convo.append_completion(
-        ids_from_text(tok, "<|channel|>analysis<|message|>Use python.<|end|><|start|>assistant<|channel|>analysis to=python code<|message|>print(2**10)<|call|>")
+        ids_from_text(
+            tok,
+            "<|channel|>analysis<|message|>Use python.<|end|><|start|>assistant<|channel|>analysis to=python code<|message|>print(2**10)<|call|>",
+        )
     )
     convo.append({"role": "tool", "name": "python", "channel": "analysis", "content": "1024"})
-    convo.append_completion(ids_from_text(tok, "<|channel|>analysis<|message|>Got it.<|end|><|start|>assistant<|channel|>final<|message|>1024<|return|>"))
+    convo.append_completion(
+        ids_from_text(
+            tok,
+            "<|channel|>analysis<|message|>Got it.<|end|><|start|>assistant<|channel|>final<|message|>1024<|return|>",
+        )
+    )
     during = format_tokens_visible(convo.prompt_tokens(), tok)
     assert "Use python." in during and "Got it." in during
     convo.append({"role": "user", "content": "Thanks"})
@@ -146,10 +169,17 @@ def test_generated_entries_are_classified_by_their_headers(small_tokenizer):
     tok = small_tokenizer
     convo = Conversation(tok, ChatOptions(), [{"role": "user", "content": "q"}])
     convo.append_completion(
-        ids_from_text(tok, "<|channel|>analysis<|message|>a<|end|><|start|>assistant<|channel|>commentary to=functions.f <|constrain|>json<|message|>{}<|call|>")
+        ids_from_text(
+            tok,
+            "<|channel|>analysis<|message|>a<|end|><|start|>assistant<|channel|>commentary to=functions.f <|constrain|>json<|message|>{}<|call|>",
+        )
     )
     headers = [(e.message.role, e.message.channel, e.message.recipient) for e in convo.entries]
-    assert headers == [("user", None, None), ("assistant", "analysis", None), ("assistant", "commentary", "functions.f")]
+    assert headers == [
+        ("user", None, None),
+        ("assistant", "analysis", None),
+        ("assistant", "commentary", "functions.f"),
+    ]
     assert convo.entries[-1].ids[-1] == CALL
 
 
@@ -157,3 +187,20 @@ def test_common_prefix():
     assert common_prefix([1, 2, 3], [1, 2, 4]) == 2
     assert common_prefix([1, 2], [1, 2, 3]) == 2
     assert common_prefix([], [1]) == 0
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.lists(
+        st.one_of(st.sampled_from([200006, END, RETURN, CALL, 199999, 200003, 200005, 200008]), st.integers(0, 300)),
+        max_size=50,
+    )
+)
+def test_fuzz_appending_any_completion_only_appends(small_tokenizer, ids):
+    convo = Conversation(small_tokenizer, ChatOptions(), [{"role": "user", "content": "x"}])
+    before = convo.tokens()
+    convo.append_completion(ids)
+    after = convo.tokens()
+    assert after[: len(before)] == before
+    assert RETURN not in after[len(before) :]
+    assert all(entry.ids[-1] in (END, CALL) for entry in convo.entries[1:])

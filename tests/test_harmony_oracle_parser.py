@@ -4,14 +4,14 @@ on model-style outputs (real o200k vocabulary)."""
 from __future__ import annotations
 
 import pytest
-from harmony_support import harmony_encoding, ids_from_text, real_tokenizer, real_tokenizer_json  # noqa: F401
+from harmony_support import ids_from_text
 
 from gptoss_cli.harmony.parser import MessageEnd, Parser, TextDelta
 
 OUTPUTS = {
-    "reasoning_then_final": "<|channel|>analysis<|message|>User asks: \"What is 2 + 2?\" Simple arithmetic. Provide answer."
+    "reasoning_then_final": '<|channel|>analysis<|message|>User asks: "What is 2 + 2?" Simple arithmetic. Provide answer.'
     "<|end|><|start|>assistant<|channel|>final<|message|>2 + 2 = 4.<|return|>",
-    "return_mid_stream_then_unfinished": "<|channel|>analysis<|message|>User asks: \"What is 2 + 2?\" Simple arithmetic."
+    "return_mid_stream_then_unfinished": '<|channel|>analysis<|message|>User asks: "What is 2 + 2?" Simple arithmetic.'
     "<|return|><|start|>assistant<|channel|>final<|message|>2 + 2 = 4.",
     "function_call_channel_first": "<|channel|>analysis<|message|>Need to use function get_weather.<|end|>"
     "<|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>"
@@ -30,6 +30,8 @@ OUTPUTS = {
     "<|message|>你好！ 🎉\n\n| a | b |\n|---|---|\n| ✓ | ✗ |\n\n```python\nprint('hi')\n```<|return|>",
     "structured_final": '<|channel|>final <|constrain|>json<|message|>{"items": ["apple", "pear"]}<|return|>',
 }
+
+pytest_plugins = ("harmony_fixtures",)
 
 
 def _harmony_run(encoding, ids: list[int]):

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 from harmony_corpus import CASES, Case
-from harmony_support import harmony_encoding, real_tokenizer, real_tokenizer_json  # noqa: F401 (fixtures)
 
 from gptoss_cli.harmony.render import BROWSER_TOOL, PYTHON_TOOL, ChatOptions, ToolNamespace, render_prompt
 from gptoss_cli.harmony.tokenizer import format_tokens_visible
+
+pytest_plugins = ("harmony_fixtures",)
 
 
 def _oracle_namespace(oh, ns: ToolNamespace):
@@ -29,7 +30,11 @@ def _oracle_message(oh, m: dict[str, Any]) -> list:
         msg = oh.Message.from_author_and_content(oh.Author.new(oh.Role.TOOL, m["name"]), m["content"])
         return [msg.with_recipient(m.get("recipient", "assistant")).with_channel(m.get("channel", "commentary"))]
     if role in ("system", "developer"):
-        return [oh.Message.from_role_and_content(oh.Role.DEVELOPER, oh.DeveloperContent.new().with_instructions(m["content"]))]
+        return [
+            oh.Message.from_role_and_content(
+                oh.Role.DEVELOPER, oh.DeveloperContent.new().with_instructions(m["content"])
+            )
+        ]
     author = oh.Author(role=oh.Role(role), name=m.get("name"))
     out = []
     if "content" in m:
@@ -121,7 +126,10 @@ def test_cot_dropping_agrees_with_openai_harmony_where_its_rule_does(case: Case,
 def test_builtin_tool_texts_equal_openai_harmony():
     oh = pytest.importorskip("openai_harmony", reason="the oracle tests need openai-harmony (test extra)")
 
-    for ours, theirs in ((BROWSER_TOOL, oh.ToolNamespaceConfig.browser()), (PYTHON_TOOL, oh.ToolNamespaceConfig.python())):
+    for ours, theirs in (
+        (BROWSER_TOOL, oh.ToolNamespaceConfig.browser()),
+        (PYTHON_TOOL, oh.ToolNamespaceConfig.python()),
+    ):
         assert ours.name == theirs.name
         assert ours.description == theirs.description
         assert [(t.name, t.description, t.parameters) for t in ours.tools] == [

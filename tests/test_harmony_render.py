@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 from harmony_corpus import DATE, KITCHENSINK, SEARCH_FILES, WEATHER_TOOLS
-from harmony_support import small_tokenizer  # noqa: F401 (fixture)
 
 from gptoss_cli.harmony.render import (
     BROWSER_TOOL,
@@ -188,6 +187,8 @@ When you send a message containing Python code to python, it will be executed in
 GOLDEN_PYTHON_ROUND_TRIP_TAIL = """# Valid channels: analysis, commentary, final. Channel must be included for every message.<|end|><|start|>user<|message|>What is 2**100?<|end|><|start|>assistant<|channel|>analysis<|message|>Compute with python.<|end|><|start|>assistant to=python<|channel|>analysis code<|message|>print(2**100)<|call|><|start|>python to=assistant<|channel|>analysis<|message|>1267650600228229401496703205376
 <|end|><|start|>assistant"""
 
+pytest_plugins = ("harmony_fixtures",)
+
 
 def _visible(messages, tokenizer, options) -> str:
     return format_tokens_visible(render_prompt(messages, tokenizer, options), tokenizer)
@@ -231,7 +232,13 @@ def test_python_round_trip_matches_golden(small_tokenizer):
     messages = [
         {"role": "user", "content": "What is 2**100?"},
         {"role": "assistant", "channel": "analysis", "content": "Compute with python."},
-        {"role": "assistant", "channel": "analysis", "recipient": "python", "content_type": "code", "content": "print(2**100)"},
+        {
+            "role": "assistant",
+            "channel": "analysis",
+            "recipient": "python",
+            "content_type": "code",
+            "content": "print(2**100)",
+        },
         {"role": "tool", "name": "python", "channel": "analysis", "content": "1267650600228229401496703205376\n"},
     ]
     assert _visible(messages, small_tokenizer, options).endswith(GOLDEN_PYTHON_ROUND_TRIP_TAIL)
@@ -240,7 +247,11 @@ def test_python_round_trip_matches_golden(small_tokenizer):
 def test_finished_turn_drops_its_analysis(small_tokenizer):
     messages = [
         {"role": "user", "content": "What is 2 + 2?"},
-        {"role": "assistant", "channel": "analysis", "content": 'User asks a simple question: "What is 2 + 2?" The answer: 4.'},
+        {
+            "role": "assistant",
+            "channel": "analysis",
+            "content": 'User asks a simple question: "What is 2 + 2?" The answer: 4.',
+        },
         {"role": "assistant", "channel": "final", "content": "2 + 2 equals 4."},
         {"role": "user", "content": "What about 9 / 2?"},
     ]
@@ -255,7 +266,12 @@ def test_ongoing_tool_loop_keeps_its_analysis(small_tokenizer):
     messages = [
         {"role": "user", "content": "Weather?"},
         {"role": "assistant", "channel": "analysis", "content": "Need the tool."},
-        {"role": "assistant", "recipient": "functions.get_location", "content_type": "<|constrain|>json", "content": "{}"},
+        {
+            "role": "assistant",
+            "recipient": "functions.get_location",
+            "content_type": "<|constrain|>json",
+            "content": "{}",
+        },
         {"role": "tool", "name": "functions.get_location", "content": "Paris"},
     ]
     text = _visible(messages, small_tokenizer, ChatOptions(functions=WEATHER_TOOLS))
@@ -303,7 +319,10 @@ def test_user_text_cannot_forge_special_tokens(small_tokenizer):
 
 def test_function_tools_accepts_openai_and_flat_shapes():
     tools = function_tools(
-        [{"type": "function", "function": {"name": "a", "description": "A", "parameters": {"type": "object"}}}, {"name": "b"}]
+        [
+            {"type": "function", "function": {"name": "a", "description": "A", "parameters": {"type": "object"}}},
+            {"name": "b"},
+        ]
     )
     assert tools == (FunctionTool("a", "A", {"type": "object"}), FunctionTool("b", "", None))
     with pytest.raises(MessageFormatError):

@@ -6,7 +6,6 @@ import json
 import random
 
 import pytest
-from harmony_support import harmony_encoding, real_tokenizer, real_tokenizer_json, small_tokenizer  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +23,8 @@ from gptoss_cli.harmony.tokenizer import (
     visible_pieces,
 )
 from gptoss_cli.harmony.vocab import VOCAB_SIZE, build_small_tokenizer_json, harmony_special_tokens
+
+pytest_plugins = ("harmony_fixtures",)
 
 
 def test_special_token_table_matches_the_spec():

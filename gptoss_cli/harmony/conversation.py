@@ -23,8 +23,9 @@ history and ``common_prefix`` tells the engine how much of its cache survives.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from gptoss_cli.harmony.parser import parse_header
 from gptoss_cli.harmony.render import (

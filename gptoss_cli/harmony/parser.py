@@ -20,8 +20,9 @@ content closes the message that forgot its ``<|end|>``; a channel glued to junk 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable, Union
+from typing import Any
 
 from gptoss_cli.harmony.tokenizer import (
     CALL,
@@ -112,7 +113,7 @@ class FormatIssue:
     raw: str = ""
 
 
-Event = Union[MessageStart, TextDelta, MessageEnd, ToolCall, TurnEnd, FormatIssue]
+Event = MessageStart | TextDelta | MessageEnd | ToolCall | TurnEnd | FormatIssue
 
 
 def parse_arguments(recipient: str, raw: str) -> tuple[Any, ArgumentError | None]:

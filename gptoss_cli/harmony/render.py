@@ -26,13 +26,17 @@ layout (spec §7 pitfall 1).
 
 History rule (``finished_analysis``): analysis messages (CoT without a recipient) before the last user message
 are dropped; tool calls and results stay. Inside the current turn (an unfinished tool loop) all CoT stays.
+This is the docs/HF-template rule. openai-harmony's ``auto_drop_analysis`` is looser and differs in three cases
+(spec §4.3): it keeps the CoT of turns after the first final answer, drops nothing while the newest assistant
+message is a tool call, and drops python calls/results of finished turns (their channel is analysis).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from gptoss_cli.errors import GptossError
 from gptoss_cli.harmony.schema import lines, to_typescript
@@ -294,7 +298,9 @@ def normalize(message: Mapping[str, Any]) -> list[HarmonyMessage]:
         if not isinstance(arguments, str):
             arguments = json.dumps(arguments, separators=(",", ":"), ensure_ascii=False)
         out.append(
-            HarmonyMessage("assistant", arguments, None, "commentary", f"functions.{function['name']}", _CONSTRAIN_TEXT + "json")
+            HarmonyMessage(
+                "assistant", arguments, None, "commentary", f"functions.{function['name']}", _CONSTRAIN_TEXT + "json"
+            )
         )
     return out
 
@@ -391,4 +397,3 @@ def render_prompt(
 ) -> list[int]:
     """Ids to sample the next assistant message from: the history, then ``<|start|>assistant``."""
     return render_history(messages, tokenizer, options) + generation_prompt(tokenizer)
-

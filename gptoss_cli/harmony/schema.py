@@ -56,7 +56,7 @@ def lines(text: str) -> list[str]:
     parts = text.split("\n")
     if parts[-1] == "":
         parts.pop()
-    return [p[:-1] if p.endswith("\r") else p for p in parts]
+    return [p.removesuffix("\r") for p in parts]
 
 
 def to_typescript(schema: Any, indent: str = "") -> str:
@@ -127,7 +127,9 @@ def _property(key: str, prop: Any, required: bool, indent: str) -> str:
         out += f"{indent}{key}{mark}:\n"
         for i, variant in enumerate(one_of):
             out += f"{indent} | " + _nullable(variant, to_typescript(variant, indent + "   "))
-            out += _variant_comments(variant, skip_description=(i == 0 and described_above), property_description=description)
+            out += _variant_comments(
+                variant, skip_description=(i == 0 and described_above), property_description=description
+            )
             out += "\n"
         return out + f"{indent},\n"
     out += f"{indent}{key}{mark}: " + _nullable(prop, to_typescript(prop, indent + "    ")) + ","

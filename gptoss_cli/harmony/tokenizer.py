@@ -15,8 +15,8 @@ nothing a user or a tool writes can forge a message boundary (spec harmony.md §
 from __future__ import annotations
 
 import codecs
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -72,7 +72,7 @@ class Tokenizer:
         self._bytes: dict[int, bytes] = {}
 
     @classmethod
-    def from_file(cls, path: Path | str) -> "Tokenizer":
+    def from_file(cls, path: Path | str) -> Tokenizer:
         path = Path(path)
         if not path.is_file():
             raise TokenizerError(f"no tokenizer at {path}", hint="The model directory needs its tokenizer.json.")
@@ -83,7 +83,7 @@ class Tokenizer:
         return cls(hf, source=str(path))
 
     @classmethod
-    def from_dir(cls, model_dir: Path | str) -> "Tokenizer":
+    def from_dir(cls, model_dir: Path | str) -> Tokenizer:
         return cls.from_file(Path(model_dir) / "tokenizer.json")
 
     def encode(self, text: str) -> list[int]:
@@ -117,7 +117,7 @@ class Tokenizer:
     def special_name(self, token_id: int) -> str | None:
         return self._special_ids.get(token_id)
 
-    def stream_decoder(self) -> "StreamDecoder":
+    def stream_decoder(self) -> StreamDecoder:
         return StreamDecoder(self)
 
 
