@@ -20,6 +20,7 @@ Nothing here prints: progress goes to a :class:`PullReporter`, problems are :cla
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -29,7 +30,6 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -165,7 +165,7 @@ def _write_manifest(entry_dir: Path, ref: ModelRef, source: str, files: list[Mod
 
 
 # ---- the hub ----------------------------------------------------------------------------------------------------
-@contextmanager
+@contextlib.contextmanager
 def _hub_errors(ref: ModelRef, what: str | None = None) -> Iterator[None]:
     """Turn huggingface_hub's and the transport's exceptions into errors a user can act on."""
     import httpx2
@@ -333,10 +333,6 @@ class PullPlan:
         return sum(f.size for f in self.files)
 
     @property
-    def weight_bytes(self) -> int:
-        return sum(f.size for f in self.files if f.name.endswith(".safetensors"))
-
-    @property
     def download_bytes(self) -> int:
         """Bytes still to come over the network."""
         return sum(f.size for f in self.to_fetch if f.name not in self.from_hf_cache) - self.partial_bytes
@@ -365,17 +361,19 @@ def prepare_pull(ref: ModelRef, models_dir: str | Path | None = None) -> PullPla
         return PullPlan(ref, existing.source, existing.path, entry_dir, existing.files,
                         GptOssConfig.from_file(existing.path), commit, free_bytes=_free_bytes(existing.path),
                         up_to_date=True)
-    hits = _hf_cache_hits(ref.repo_id or "", commit, files)
+    assert ref.repo_id is not None
+    hits = _hf_cache_hits(ref.repo_id, commit, files)
     if len(hits) == len(files):
         path = hits["config.json"].parent
         return PullPlan(ref, "hf-cache", path, entry_dir, files, GptOssConfig.from_file(path), commit,
                         free_bytes=_free_bytes(path))
     target = entry_dir / FILES
-    # A file under its final name was verified against the hashes in the manifest when it got there.
-    known = {f.name: f for f in existing.files} if existing and existing.source == "hub" else {}
-    to_fetch = sorted((f for f in files if known.get(f.name) != f or not _is_complete(target / f.name, f)),
+    # Files under their final name were verified against the manifest's hashes when they got there, and partial
+    # files hold the start of the manifest's version of a file: both count only where the hub still has that file.
+    known = set(existing.files) if existing and existing.source == "hub" else set()
+    to_fetch = sorted((f for f in files if f not in known or not _is_complete(target / f.name, f)),
                       key=lambda f: (f.size, f.name))  # small files first: the shards' progress is what matters
-    partial = sum(min(_size(target / (f.name + PARTIAL)), f.size) for f in to_fetch if f.name not in hits)
+    partial = sum(_resumable_bytes(target, f) for f in to_fetch if f in known and f.name not in hits)
     return PullPlan(ref, "hub", target, entry_dir, files, _fetch_config(ref, commit), commit, to_fetch,
                     {f.name: hits[f.name] for f in to_fetch if f.name in hits}, partial, _free_bytes(target))
 
@@ -409,6 +407,11 @@ def _plan_offline(ref: ModelRef, entry_dir: Path, existing: StoredModel | None) 
 
 def _size(path: Path) -> int:
     return path.stat().st_size if path.is_file() else 0
+
+
+def _resumable_bytes(directory: Path, f: ModelFile) -> int:
+    have = _size(directory / (f.name + PARTIAL))
+    return have if have <= f.size else 0  # a longer file cannot be a prefix of this one
 
 
 def _is_complete(path: Path, f: ModelFile) -> bool:
@@ -480,6 +483,11 @@ def pull(plan: PullPlan, reporter: PullReporter | None = None) -> StoredModel:
             f"which has {_gb(plan.free_bytes)} free (and gptoss keeps {_gb(DISK_HEADROOM)} spare)",
             hint=f"free some space, or pull to a larger drive with --models-dir or {settings.MODELS_ENV}")
     plan.path.mkdir(parents=True, exist_ok=True)
+    previous = _read_entry(plan.entry_dir)
+    resumable = set(previous.files) if previous and previous.source == "hub" else set()
+    for f in plan.to_fetch:
+        if f not in resumable:  # a partial file of another version (or none at all)
+            (plan.path / (f.name + PARTIAL)).unlink(missing_ok=True)
     _write_manifest(plan.entry_dir, plan.ref, "hub", plan.files, complete=False, commit=plan.commit)
     for f in plan.to_fetch:
         dest = plan.path / f.name
@@ -490,7 +498,7 @@ def pull(plan: PullPlan, reporter: PullReporter | None = None) -> StoredModel:
             _download(plan, f, dest, reporter)
     wanted = {f.name for f in plan.files}
     for stale in plan.path.iterdir():  # files of an older revision
-        if stale.is_file() and stale.name not in wanted and not stale.name.endswith(PARTIAL):
+        if stale.is_file() and stale.name.removesuffix(PARTIAL) not in wanted:
             stale.unlink()
     _write_manifest(plan.entry_dir, plan.ref, "hub", plan.files, complete=True, commit=plan.commit)
     return _entry(plan.entry_dir)
@@ -504,7 +512,7 @@ def _download(plan: PullPlan, f: ModelFile, dest: Path, reporter: PullReporter) 
     assert plan.ref.repo_id is not None and plan.commit is not None
     part = dest.with_name(dest.name + PARTIAL)
     have = _size(part)
-    if have > f.size:
+    if have > f.size:  # cannot be a prefix of this file
         part.unlink()
         have = 0
     reporter.start(f.name, f.size, have)
@@ -603,7 +611,8 @@ def resolve_model(name_or_path: str, models_dir: str | Path | None = None) -> Pa
         if not (model.path / "config.json").is_file():
             raise ModelNotFoundError(f"the files of {model.name} are gone from {model.path}",
                                      hint=f"run `gptoss pull {model.name}`")
-        (model.entry_dir / LAST_USED).touch()
+        with contextlib.suppress(OSError):  # a read-only store still loads
+            (model.entry_dir / LAST_USED).touch()
         return model.path
     ref = parse_ref(name_or_path)
     snapshot = _hf_cache_snapshot(ref)

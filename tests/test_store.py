@@ -128,6 +128,22 @@ def test_second_pull_downloads_nothing(env: Env) -> None:
     assert env.hub.served == []
 
 
+def test_new_revision_fetches_only_changed_files(env: Env) -> None:
+    old = pull()
+    changed = {name: data for name, data in env.files.items() if name != "special_tokens_map.json"}
+    changed["tokenizer.json"] = b'{"version": "2.0"}'
+    try:
+        commit = env.hub.add_repo(REPO, changed)
+        env.hub.reset()
+        model = pull()
+    finally:
+        env.hub.add_repo(REPO, env.files)
+    assert env.hub.files_served() == {"tokenizer.json", "config.json"}
+    assert model.commit == commit != old.commit
+    assert (model.path / "tokenizer.json").read_bytes() == changed["tokenizer.json"]
+    assert not (model.path / "special_tokens_map.json").exists()  # dropped upstream, removed here
+
+
 def test_dropped_connection_resumes_from_the_bytes_received(env: Env) -> None:
     chunk = hf_constants.DOWNLOAD_CHUNK_SIZE  # what huggingface_hub writes to disk at a time
     env.hub.faults.abort_after[SHARD] = chunk
