@@ -150,4 +150,4 @@ def test_packed_experts_stay_uint8_and_floats_arrive_in_the_compute_dtype(tiny_m
     engine = gptoss_cli.load(tiny_model_dir, device="cpu")
     layer = engine.model.layers[0]
     assert layer.gate_up_blocks.dtype == torch.uint8 and layer.down_scales.dtype == torch.uint8
-    assert layer.q_w.dtype == torch.bfloat16 and engine.model.embedding.dtype == torch.bfloat16
+    assert layer.qkv_w.dtype == torch.bfloat16 and engine.model.embedding.dtype == torch.bfloat16

@@ -18,7 +18,8 @@ import torch
 from ..model.cache import KVCache
 from ..model.checkpoint import load_tensors
 from ..model.config import GptOssConfig
-from ..model.transformer import GptOss
+from ..model.transformer import REFERENCE_OPS, GptOss, Ops
+from .graphs import DecodeGraphs, graphs_supported
 from .sampling import Sampler, SamplingParams
 
 DEFAULT_STOP = (200002, 200012, 199999)  # <|return|>, <|call|>, <|endoftext|>
@@ -51,6 +52,9 @@ class PlacementPlan(Protocol):
     lm_head: str
     experts_on_gpu: tuple[int, ...]
     context_length: int
+    attn_precision: str
+    lm_head_precision: str
+    prefill_chunk: int
 
 
 @dataclass
@@ -64,6 +68,12 @@ class Engine:
     load_seconds: float = 0.0
     tokens: list[int] = field(default_factory=list)  # ids whose K/V the cache holds, in order
     stats: GenerationStats = field(default_factory=GenerationStats)
+    graphs: DecodeGraphs | None = None  # CUDA-graph decode, where supported
+    notes: list[str] = field(default_factory=list)  # what the user should know about how this engine runs
+
+    @property
+    def path_name(self) -> str:
+        return self.model.ops.name + (" + CUDA graphs" if self.graphs is not None else "")
 
     @property
     def device(self) -> torch.device:
@@ -150,7 +160,19 @@ class Engine:
     @torch.inference_mode()
     def step(self, token: int) -> torch.Tensor:
         """Append one token; return its logits (float32 [vocab])."""
-        return self.model.logits(self._forward([token]))[0]
+        if self.graphs is None:
+            return self.model.logits(self._forward([token]))[0]
+        self.cache.check_room(1)
+        before = self.cache.length
+        try:
+            logits = self.graphs.step(self.model.embed(self._ids([token])), before)
+        except BaseException:
+            kept = self.cache.trim(before, force=True)
+            del self.tokens[kept:]
+            raise
+        self.cache.advance(1)
+        self.tokens.append(token)
+        return logits[0]
 
     def reset(self) -> None:
         self.cache.reset()
@@ -210,12 +232,47 @@ def read_stop_ids(model_dir: Path) -> tuple[int, ...]:
     return tuple(dict.fromkeys([*ids, *DEFAULT_STOP]))
 
 
+def choose_ops(device: torch.device, fast: bool | None) -> tuple[Ops, str | None]:
+    """The Triton fast path on CUDA when Triton works (``fast=True`` forces it, e.g. under Triton's CPU
+    interpreter), else the torch reference; the second value says why the fast path is off, for the user."""
+    from ..model.fast import fast_ops, triton_available
+
+    if fast:
+        return fast_ops(), None
+    if fast is False or device.type != "cuda":
+        return REFERENCE_OPS, None
+
+    ok, reason = triton_available()
+    if not ok:
+        return REFERENCE_OPS, f"running on the slower torch path: {reason}"
+    return fast_ops(), None
+
+
+def _finish(net: GptOss, cfg: GptOssConfig, dev: torch.device, context: int, chunk: int, graphs: bool | None,
+            note: str | None, t0: float, **kwargs: Any) -> Engine:
+    cache = KVCache(cfg, context, dev, net.dtype)
+    engine = Engine(model=net, config=cfg, cache=cache, prefill_chunk=chunk, **kwargs)
+    if note:
+        engine.notes.append(note)
+    ok, why = graphs_supported(net)
+    if graphs is not False and ok:
+        engine.graphs = DecodeGraphs(net, cache)
+    elif graphs and not ok:
+        engine.notes.append(f"CUDA graphs are off: {why}")
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    engine.load_seconds = time.perf_counter() - t0
+    return engine
+
+
 def load(model: Any, device: str = "auto", dtype: torch.dtype | None = None, context_length: int | None = None,
-         plan: PlacementPlan | None = None, progress: Callable[[int, int], None] | None = None) -> Engine:
+         plan: PlacementPlan | None = None, progress: Callable[[int, int], None] | None = None,
+         fast: bool | None = None, graphs: bool | None = None) -> Engine:
     """Load a model directory in the hub layout.
 
     ``dtype`` is the compute dtype (default bf16, the checkpoint's own; tests use float32). ``plan`` (from
-    plan.py) places the embedding, lm_head and each layer's experts; without one everything goes on ``device``.
+    plan.py) places the embedding, lm_head and each layer's experts, picks int8 for attention/lm_head and sizes
+    the context; without one everything goes on ``device`` in bf16. ``fast``/``graphs``: None = where supported.
     ``progress(done, total)`` is called per tensor.
     """
     t0 = time.perf_counter()
@@ -224,17 +281,21 @@ def load(model: Any, device: str = "auto", dtype: torch.dtype | None = None, con
     dev = resolve_device(device)
     dtype = dtype or torch.bfloat16
     host = torch.device("cpu")
+    attn_int8 = plan is not None and plan.attn_precision == "int8"
+    head_int8 = plan is not None and plan.lm_head_precision == "int8"
 
     def device_for(name: str) -> torch.device:
         if plan is None or dev.type == "cpu":
             return dev
         if name.startswith("model.embed_tokens"):
             return dev if plan.embedding == "gpu" else host
-        if name.startswith("lm_head"):
-            return dev if plan.lm_head == "gpu" else host
+        if name.startswith("lm_head"):  # int8 is quantized on the host, so the bf16 copy never takes VRAM
+            return dev if plan.lm_head == "gpu" and not head_int8 else host
         if ".mlp.experts." in name:
             layer = int(name.split(".")[2])
             return dev if layer in plan.experts_on_gpu else host
+        if attn_int8 and ".self_attn." in name and name.endswith("_proj.weight"):
+            return host
         return dev
 
     from ..model.checkpoint import expected_tensors
@@ -245,27 +306,29 @@ def load(model: Any, device: str = "auto", dtype: torch.dtype | None = None, con
         tensors[name] = tensor
         if progress is not None:
             progress(len(tensors), total)
-    net = GptOss.from_tensors(cfg, tensors, dev, dtype)
+    ops, note = choose_ops(dev, fast)
+    net = GptOss.from_tensors(cfg, tensors, dev, dtype, attn_int8=attn_int8, lm_head_int8=head_int8, ops=ops)
+    if head_int8 and plan is not None and plan.lm_head != "gpu":
+        w = net.lm_head
+        net.lm_head = type(w)(w.q.to(host), w.scale.to(host))
     ctx = context_length or (plan.context_length if plan is not None else cfg.max_position_embeddings)
-    cache = KVCache(cfg, ctx, dev, dtype)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return Engine(model=net, config=cfg, cache=cache, stop_ids=read_stop_ids(model_dir), model_dir=model_dir,
-                  load_seconds=time.perf_counter() - t0)
+    chunk = plan.prefill_chunk if plan is not None else 1024
+    return _finish(net, cfg, dev, ctx, chunk, graphs, note, t0, stop_ids=read_stop_ids(model_dir),
+                   model_dir=model_dir)
 
 
 def load_random(cfg: GptOssConfig, device: str = "auto", dtype: torch.dtype | None = None,
-                context_length: int = 4096, seed: int = 0) -> Engine:
+                context_length: int = 4096, seed: int = 0, int8: bool = False, fast: bool | None = None,
+                graphs: bool | None = None) -> Engine:
     """An engine over random weights built in memory at ``cfg``'s shape (drawn on the target device), for
-    benchmarks that need no download. Experts are real MXFP4 from the quantizer."""
+    benchmarks that need no download. Experts are real MXFP4 from the quantizer; ``int8`` quantizes attention
+    and lm_head as the plan's quantised option does."""
     from ..model.random_weights import random_tensors
 
     t0 = time.perf_counter()
     dev = resolve_device(device)
     dtype = dtype or torch.bfloat16
     tensors = {name: (t if t.dtype == torch.uint8 else t.to(dtype)) for name, t in random_tensors(cfg, seed, dev)}
-    net = GptOss.from_tensors(cfg, tensors, dev, dtype)
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return Engine(model=net, config=cfg, cache=KVCache(cfg, context_length, dev, dtype),
-                  load_seconds=time.perf_counter() - t0)
+    ops, note = choose_ops(dev, fast)
+    net = GptOss.from_tensors(cfg, tensors, dev, dtype, attn_int8=int8, lm_head_int8=int8, ops=ops)
+    return _finish(net, cfg, dev, context_length, 1024, graphs, note, t0)

@@ -81,6 +81,20 @@ class KVCache:
         lc.pos[slots] = positions[T - keep:]
         return keys, values, kpos
 
+    def update_static(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor, positions: torch.Tensor,
+                      kv_len: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``update`` for one decode token with the position on the device (CUDA-graph safe): full layers attend
+        over their first ``kv_len`` slots (a bucket >= length; empty slots hold position -1), sliding layers over
+        their ring, which after this write holds exactly the window."""
+        lc = self.layers[layer]
+        slots = positions % lc.k.shape[0] if lc.ring else positions
+        lc.k.index_copy_(0, slots, k_new)
+        lc.v.index_copy_(0, slots, v_new)
+        lc.pos.index_copy_(0, slots, positions)
+        if lc.ring:
+            return lc.k, lc.v, lc.pos
+        return lc.k[:kv_len], lc.v[:kv_len], lc.pos[:kv_len]
+
     def advance(self, n: int) -> None:
         self.length += n
 

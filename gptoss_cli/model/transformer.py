@@ -11,6 +11,7 @@ Shapes: T tokens (batch 1), H hidden, Hq/Hkv query/key-value heads, D head dim, 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -23,15 +24,28 @@ from .config import GptOssConfig
 
 
 @dataclass
+class Int8Weight:
+    """Weight-only int8 (the plan's quantised option): per-output-row symmetric, ``w ~= q * scale[:, None]``."""
+
+    q: torch.Tensor  # int8 [N, K]
+    scale: torch.Tensor  # fp32 [N]
+
+    @classmethod
+    def quantize(cls, w: torch.Tensor) -> "Int8Weight":
+        from gptoss_kernels.int8 import quantize_int8
+
+        return cls(*quantize_int8(w))
+
+
+Weight = torch.Tensor | Int8Weight
+
+
+@dataclass
 class Layer:
     attn_norm: torch.Tensor  # [H] fp32
-    q_w: torch.Tensor  # [Hq*D, H]
-    q_b: torch.Tensor | None
-    k_w: torch.Tensor  # [Hkv*D, H]
-    k_b: torch.Tensor | None
-    v_w: torch.Tensor
-    v_b: torch.Tensor | None
-    o_w: torch.Tensor  # [H, Hq*D]
+    qkv_w: Weight  # [(Hq + 2*Hkv)*D, H]: q, k and v projections stacked (one matrix-vector product in decode)
+    qkv_b: torch.Tensor | None
+    o_w: Weight  # [H, Hq*D]
     o_b: torch.Tensor | None
     sinks: torch.Tensor  # [Hq] fp32
     mlp_norm: torch.Tensor  # [H] fp32
@@ -44,6 +58,13 @@ class Layer:
     down_scales: torch.Tensor  # [E, H, I/32] uint8
     down_bias: torch.Tensor  # [E, H]
     sliding: bool
+
+
+def linear(x: torch.Tensor, w: Weight, b: torch.Tensor | None) -> torch.Tensor:
+    """y = x @ w.T + b; an int8 weight is dequantized on the fly (the fast path reads int8 directly)."""
+    if isinstance(w, Int8Weight):
+        w = (w.q.float() * w.scale.float()[:, None]).to(x.dtype)
+    return F.linear(x, w, b)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -110,7 +131,9 @@ def swiglu(gate_up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
 
 
 def moe(x: torch.Tensor, layer: Layer, cfg: GptOssConfig) -> torch.Tensor:
-    """x [T, H] -> [T, H]: top-k experts per token, softmax over their k router logits, weighted sum."""
+    """x [T, H] -> [T, H]: top-k experts per token, softmax over their k router logits, weighted sum.
+
+    Experts the plan keeps in RAM are copied over packed (a few MB each) and decoded on the compute device."""
     router_logits = F.linear(x, layer.router_w, layer.router_b)
     top_vals, top_idx = torch.topk(router_logits, cfg.num_experts_per_tok, dim=-1, sorted=True)
     weights = torch.softmax(top_vals.float(), dim=-1)
@@ -127,21 +150,38 @@ def moe(x: torch.Tensor, layer: Layer, cfg: GptOssConfig) -> torch.Tensor:
     return out.to(x.dtype)
 
 
+@dataclass(frozen=True)
+class Ops:
+    """The model's kernels: the plain-torch reference here, or the Triton fast path (model/fast.py)."""
+
+    name: str
+    linear: Callable[[torch.Tensor, Weight, torch.Tensor | None], torch.Tensor]
+    rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    attention: Callable[..., torch.Tensor]
+    moe: Callable[[torch.Tensor, Layer, GptOssConfig], torch.Tensor]
+    graph_safe: bool = False  # no host synchronisation inside a decode step (CUDA graphs can capture it)
+
+
+REFERENCE_OPS = Ops("reference", linear, rms_norm, attention, moe)
+
+
 class GptOss:
     """The model as tensors plus a forward; placement and precision are decided by whoever builds it."""
 
     def __init__(self, cfg: GptOssConfig, layers: list[Layer], embedding: torch.Tensor, norm: torch.Tensor,
-                 lm_head: torch.Tensor, device: torch.device, dtype: torch.dtype) -> None:
+                 lm_head: Weight, device: torch.device, dtype: torch.dtype, ops: Ops = REFERENCE_OPS) -> None:
         self.cfg, self.layers, self.embedding, self.norm, self.lm_head = cfg, layers, embedding, norm, lm_head
-        self.device, self.dtype = device, dtype
+        self.device, self.dtype, self.ops = device, dtype, ops
         inv_freq, self.concentration = yarn_inv_freq(cfg)
         self.inv_freq = inv_freq.to(device)
         self.sm_scale = 1.0 / math.sqrt(cfg.head_dim)
 
     @classmethod
     def from_tensors(cls, cfg: GptOssConfig, tensors: dict[str, torch.Tensor], device: torch.device,
-                     dtype: torch.dtype) -> "GptOss":
-        """Build from hub-named tensors (already placed); norms and sinks are kept in fp32."""
+                     dtype: torch.dtype, attn_int8: bool = False, lm_head_int8: bool = False,
+                     ops: Ops = REFERENCE_OPS) -> "GptOss":
+        """Build from hub-named tensors; norms and sinks are kept in fp32. Attention and lm_head weights are
+        quantized to int8 where asked (wherever they were loaded; the result moves to ``device``)."""
 
         def get(name: str) -> torch.Tensor:
             return tensors.pop(name)
@@ -149,15 +189,26 @@ class GptOss:
         def maybe(name: str) -> torch.Tensor | None:
             return tensors.pop(name, None)
 
+        def weight(w: torch.Tensor, int8: bool) -> Weight:
+            if not int8:
+                return w.to(device)
+            q = Int8Weight.quantize(w)
+            return Int8Weight(q.q.to(device), q.scale.to(device))
+
+        def stacked(*names: str) -> torch.Tensor | None:
+            parts = [maybe(n) for n in names]
+            return None if any(p is None for p in parts) else torch.cat([p.to(device) for p in parts])
+
         layers = []
         for n in range(cfg.num_hidden_layers):
             p = f"model.layers.{n}."
+            qkv = [p + f"self_attn.{m}_proj" for m in "qkv"]
             layers.append(Layer(
                 attn_norm=get(p + "input_layernorm.weight").float(),
-                q_w=get(p + "self_attn.q_proj.weight"), q_b=maybe(p + "self_attn.q_proj.bias"),
-                k_w=get(p + "self_attn.k_proj.weight"), k_b=maybe(p + "self_attn.k_proj.bias"),
-                v_w=get(p + "self_attn.v_proj.weight"), v_b=maybe(p + "self_attn.v_proj.bias"),
-                o_w=get(p + "self_attn.o_proj.weight"), o_b=maybe(p + "self_attn.o_proj.bias"),
+                qkv_w=weight(torch.cat([get(m + ".weight") for m in qkv]), attn_int8),
+                qkv_b=stacked(*(m + ".bias" for m in qkv)),
+                o_w=weight(get(p + "self_attn.o_proj.weight"), attn_int8),
+                o_b=maybe(p + "self_attn.o_proj.bias"),
                 sinks=get(p + "self_attn.sinks").float(),
                 mlp_norm=get(p + "post_attention_layernorm.weight").float(),
                 router_w=get(p + "mlp.router.weight"), router_b=get(p + "mlp.router.bias"),
@@ -171,7 +222,9 @@ class GptOss:
             ))
         embedding = get("model.embed_tokens.weight")
         lm_head = embedding if cfg.tie_word_embeddings else get("lm_head.weight")
-        return cls(cfg, layers, embedding, get("model.norm.weight").float(), lm_head, device, dtype)
+        if lm_head_int8:
+            lm_head = weight(lm_head, True)
+        return cls(cfg, layers, embedding, get("model.norm.weight").float(), lm_head, device, dtype, ops)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         freqs = positions.float()[:, None] * self.inv_freq[None, :]
@@ -181,32 +234,42 @@ class GptOss:
         """A row lookup where the table lives (it may stay in RAM), then onto the compute device."""
         return self.embedding[ids.to(self.embedding.device)].to(self.device, self.dtype)
 
-    def attention_block(self, x: torch.Tensor, layer: Layer, index: int, cache: KVCache, positions: torch.Tensor,
-                        cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        cfg, T = self.cfg, x.shape[0]
-        t = rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
-        q = F.linear(t, layer.q_w, layer.q_b).view(T, cfg.num_attention_heads, cfg.head_dim)
-        k = F.linear(t, layer.k_w, layer.k_b).view(T, cfg.num_key_value_heads, cfg.head_dim)
-        v = F.linear(t, layer.v_w, layer.v_b).view(T, cfg.num_key_value_heads, cfg.head_dim)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        keys, values, k_pos = cache.update(index, k, v, positions)
+    def attention_block(self, x: torch.Tensor, layer: Layer, index: int, update: Callable[..., tuple],
+                        positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        cfg, ops, T = self.cfg, self.ops, x.shape[0]
+        t = ops.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)
+        qkv = ops.linear(t, layer.qkv_w, layer.qkv_b)
+        q, k, v = qkv.split([cfg.q_dim, cfg.kv_dim, cfg.kv_dim], dim=-1)
+        q = apply_rope(q.view(T, cfg.num_attention_heads, cfg.head_dim), cos, sin)
+        k = apply_rope(k.view(T, cfg.num_key_value_heads, cfg.head_dim), cos, sin)
+        v = v.reshape(T, cfg.num_key_value_heads, cfg.head_dim)
+        keys, values, k_pos = update(index, k, v, positions)
         window = cfg.sliding_window if layer.sliding else None
-        o = attention(q, keys, values, layer.sinks, positions, k_pos, self.sm_scale, window)
-        return x + F.linear(o, layer.o_w, layer.o_b)
+        o = ops.attention(q, keys, values, layer.sinks, positions, k_pos, self.sm_scale, window)
+        return x + ops.linear(o, layer.o_w, layer.o_b)
 
     def forward(self, ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """Run ``ids`` (the next T tokens after ``cache.length``) and return final-normed hidden states [T, H]."""
         T = ids.shape[0]
         cache.check_room(T)
         positions = torch.arange(cache.length, cache.length + T, device=self.device)
-        cos, sin = self.rope(positions)
-        x = self.embed(ids)
-        for index, layer in enumerate(self.layers):
-            x = self.attention_block(x, layer, index, cache, positions, cos, sin)
-            x = x + moe(rms_norm(x, layer.mlp_norm, self.cfg.rms_norm_eps), layer, self.cfg)
+        hidden = self.layers_forward(self.embed(ids), positions, cache.update)
         cache.advance(T)
-        return rms_norm(x, self.norm, self.cfg.rms_norm_eps)
+        return hidden
+
+    def layers_forward(self, x: torch.Tensor, positions: torch.Tensor, update: Callable[..., tuple]) -> torch.Tensor:
+        """The transformer stack over embedded ``x`` at ``positions``; ``update`` stores K/V and returns what
+        the queries attend over (``KVCache.update``, or its static twin inside a CUDA graph)."""
+        ops, eps = self.ops, self.cfg.rms_norm_eps
+        cos, sin = self.rope(positions)
+        for index, layer in enumerate(self.layers):
+            x = self.attention_block(x, layer, index, update, positions, cos, sin)
+            x = x + ops.moe(ops.rms_norm(x, layer.mlp_norm, eps), layer, self.cfg)
+        return ops.rms_norm(x, self.norm, eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """[T, H] -> float32 [T, vocab]."""
-        return F.linear(hidden.to(self.lm_head.device, self.lm_head.dtype), self.lm_head).float()
+        """[T, H] -> float32 [T, vocab], computed where lm_head lives (the plan may keep it in RAM)."""
+        w = self.lm_head
+        where = w.q.device if isinstance(w, Int8Weight) else w.device
+        ops = self.ops if where == self.device else REFERENCE_OPS
+        return ops.linear(hidden.to(where), w, None).float()

@@ -1,0 +1,71 @@
+"""The Triton fast path: the same ``Ops`` as the reference in transformer.py, served by ``gptoss_kernels``.
+
+Chosen for CUDA devices when Triton imports; anything the kernels cannot take (experts the plan keeps in RAM, a
+head dim that is not a power of two) falls back to the reference for that call, so the fast path never refuses a
+model the reference runs.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from . import transformer as ref
+from .config import GptOssConfig
+from .transformer import Int8Weight, Layer, Ops, Weight
+
+
+def triton_available() -> tuple[bool, str]:
+    """Whether the Triton kernels can run here, and if not, why (for `gptoss doctor` and the load message)."""
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # an import can fail in many ways on a broken install
+        return False, f"Triton is not importable ({type(exc).__name__}: {exc})"
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    major, _ = torch.cuda.get_device_capability()
+    if major < 8:
+        return False, "the kernels need compute capability 8.0 or newer (RTX 30 series and later)"
+    return True, "ok"
+
+
+def _on_kernels(x: torch.Tensor) -> bool:
+    """CUDA tensors, or any tensor under Triton's CPU interpreter (how CI tests this path)."""
+    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def fast_ops() -> Ops:
+    from gptoss_kernels import attention as attn_kernels
+    from gptoss_kernels import int8 as int8_kernels
+    from gptoss_kernels import moe as moe_kernels
+    from gptoss_kernels import norm as norm_kernels
+
+    def linear(x: torch.Tensor, w: Weight, b: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(w, Int8Weight):
+            if w.q.device != x.device:
+                return ref.linear(x, w, b)
+            return int8_kernels.linear_int8(x, w.q, w.scale, b)
+        return F.linear(x, w, b)
+
+    def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+        if not _on_kernels(x):
+            return ref.rms_norm(x, weight, eps)
+        return norm_kernels.rms_norm(x.contiguous(), weight, eps)
+
+    def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, q_pos: torch.Tensor,
+                  k_pos: torch.Tensor, sm_scale: float, window: int | None) -> torch.Tensor:
+        D = q.shape[-1]
+        if not _on_kernels(q) or D < 16 or D & (D - 1):
+            return ref.attention(q, k, v, sinks, q_pos, k_pos, sm_scale, window)
+        return attn_kernels.attention(q.contiguous(), k, v, sinks, q_pos, k_pos, sm_scale, window)
+
+    def moe(x: torch.Tensor, layer: Layer, cfg: GptOssConfig) -> torch.Tensor:
+        if not _on_kernels(x) or layer.gate_up_blocks.device != x.device:
+            return ref.moe(x, layer, cfg)
+        return moe_kernels.moe(x, layer.router_w, layer.router_b, layer.gate_up_blocks, layer.gate_up_scales,
+                               layer.gate_up_bias, layer.down_blocks, layer.down_scales, layer.down_bias,
+                               cfg.num_experts_per_tok, cfg.swiglu_alpha, cfg.swiglu_limit)
+
+    return Ops("triton", linear, rms_norm, attention, moe, graph_safe=True)
