@@ -41,8 +41,8 @@ def age(timestamp: float | None, now: float | None = None) -> str:
     return "just now"
 
 
-def placement_summary(config: GptOssConfig, name: str) -> list[str]:
-    """Where the model would run on this machine and how fast: the planner's verdict, from the config alone."""
+def placement_summary(config: GptOssConfig, name: str) -> tuple[bool, list[str]]:
+    """Whether and how the model would run on this machine: the planner's verdict, from the config alone."""
     from .hardware import detect
     from .plan import make_plan
     from .sizes import tensor_sizes
@@ -50,13 +50,13 @@ def placement_summary(config: GptOssConfig, name: str) -> list[str]:
     plan = make_plan(config, tensor_sizes(config), detect(), model=name)
     if not plan.fits:
         lines = [f"[bold yellow]will not run here[/]: {plan.refusal_reason}"]
-        return lines + [f"  would fit with: {s}" for s in plan.suggestions]
+        return False, lines + [f"  would fit with: {s}" for s in plan.suggestions]
     where = plan.gpu_name or "the CPU"
     head = (f"runs on {where}: {len(plan.experts_on_gpu)} of {config.num_hidden_layers} layers' experts on the "
             f"GPU, {plan.context_length // 1024}k context, about {plan.est_decode_tok_s:.0f} tokens/s")
     if plan.device == "cpu":
         head = f"runs on the CPU: {plan.context_length // 1024}k context, about {plan.est_decode_tok_s:.0f} tokens/s"
-    return [head] + [f"[dim]  {note}[/]" for note in plan.notes]
+    return True, [head] + [f"[dim]  {note}[/]" for note in plan.notes]
 
 
 def _console(stderr: bool = False) -> Console:
@@ -71,8 +71,8 @@ def _local_time(iso: str | None) -> str:
 
 
 # ---- pull -------------------------------------------------------------------------------------------------------
-def pull_summary(plan: store.PullPlan) -> list[str]:
-    """What a pull is about to do, shown before any large download."""
+def pull_summary(plan: store.PullPlan) -> tuple[bool, list[str]]:
+    """What a pull is about to do, shown before any large download, and whether the model fits this machine."""
     ref = plan.ref
     if ref.local_dir is not None:
         head = f"Registering [bold]{ref.name}[/] from {plan.path}"
@@ -81,7 +81,7 @@ def pull_summary(plan: store.PullPlan) -> list[str]:
         head = f"[bold]{ref.name}[/] ({ref.repo_id} @ {ref.revision}{commit})"
     lines = [head]
     if plan.up_to_date:
-        return lines + [f"  up to date in {plan.path}"]
+        return True, lines + [f"  up to date in {plan.path}"]
     if plan.source in ("hf-cache", "local"):
         where = "already in the Hugging Face cache" if plan.source == "hf-cache" else "a local directory"
         lines.append(f"  {human_bytes(plan.total_bytes)}, {where}: nothing to download")
@@ -95,8 +95,8 @@ def pull_summary(plan: store.PullPlan) -> list[str]:
             size += f" ({len(plan.from_hf_cache)} files copied from the Hugging Face cache)"
         lines.append(size)
         lines.append(f"  disk       {human_bytes(plan.free_bytes)} free in {plan.entry_dir.parent}")
-    first, *rest = placement_summary(plan.config, ref.name)
-    return lines + [f"  this PC    {first}"] + [f"           {line}" for line in rest]
+    fits, (first, *rest) = placement_summary(plan.config, ref.name)
+    return fits, lines + [f"  this PC    {first}"] + [f"           {line}" for line in rest]
 
 
 class _BytesColumn(ProgressColumn):
@@ -194,13 +194,21 @@ class LinePullReporter:
             self._console.print(f"{name}" + (f" ({human_bytes(size)}, {note})" if size else f" ({note})"))
 
 
-def run_pull(name: str, models_dir: str | None = None) -> store.StoredModel:
-    """``gptoss pull``: show what will happen, then do it with progress; tell how to resume when stopped."""
+def run_pull(name: str, models_dir: str | None = None) -> store.StoredModel | None:
+    """``gptoss pull``: show what will happen, then do it with progress; tell how to resume when stopped.
+    On a terminal, a download of a model that will not run here needs a yes first (None when declined)."""
+    from rich.prompt import Confirm
+
     out, err = _console(), _console(stderr=True)
     ref = store.parse_ref(name)
     plan = store.prepare_pull(ref, models_dir)
-    for line in pull_summary(plan):
+    fits, lines = pull_summary(plan)
+    for line in lines:
         out.print(line)
+    if not fits and plan.download_bytes > 0 and out.is_terminal and sys.stdin.isatty():
+        if not Confirm.ask(f"Download {human_bytes(plan.download_bytes)} anyway?", default=False, console=out):
+            out.print("nothing downloaded")
+            return None
     reporter = RichPullReporter(err, plan) if err.is_terminal else LinePullReporter(err)
     try:
         with reporter:
@@ -255,7 +263,7 @@ def run_show(name: str, models_dir: str | None = None) -> None:
                   f"{c.num_attention_heads} query / {c.num_key_value_heads} key-value heads, "
                   f"{c.num_local_experts} experts ({c.num_experts_per_tok} active), "
                   f"context {c.max_position_embeddings // 1024}k, vocabulary {c.vocab_size}")
-        first, *rest = placement_summary(c, model.name)
+        _, (first, *rest) = placement_summary(c, model.name)
         out.print(f"  this PC    {first}")
         for line in rest:
             out.print(f"           {line}")

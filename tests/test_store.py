@@ -335,6 +335,25 @@ def test_resolver_says_which_pull_to_run(env: Env) -> None:
     assert caught.value.hint == "run `gptoss pull gpt-oss-120b`"
 
 
+def test_summary_before_download_says_when_the_model_will_not_run_here(env: Env,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from gptoss_cli import hardware
+    from gptoss_cli.model.random_weights import config_dict
+
+    small_pc = hardware.Hardware(gpus=(), ram_total_bytes=16 << 30, ram_available_bytes=12 << 30, cpu_cores=8,
+                                 os="Linux")
+    monkeypatch.setattr(hardware, "detect", lambda override=None: small_pc)
+    big = {**env.files, "config.json": json.dumps(config_dict(num_hidden_layers=36, num_local_experts=128)).encode()}
+    env.hub.add_repo("openai/gpt-oss-120b", big)
+    fits, lines = store_view.pull_summary(store.prepare_pull(store.parse_ref("gpt-oss-120b")))
+    text = "\n".join(lines)
+    assert not fits and "will not run here" in text and "would fit with" in text
+    assert "16.2 MB in 10 files" in text and "free in" in text
+    fits, lines = store_view.pull_summary(store.prepare_pull(store.parse_ref("gpt-oss-20b")))
+    assert fits and "runs on the CPU" in "\n".join(lines)
+    assert env.hub.files_served() == {"config.json"}  # all of it known before downloading a weight
+
+
 def test_terminal_progress_shows_bytes_speed_and_files(env: Env) -> None:
     plan = store.prepare_pull(store.parse_ref("gpt-oss-20b"))
     screen = StringIO()
