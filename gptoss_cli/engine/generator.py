@@ -209,13 +209,15 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         from ..errors import GptossError
 
         raise GptossError("CUDA was requested but torch sees no NVIDIA GPU",
                           hint="Run `gptoss doctor`, or use --device cpu (slow).")
+    if dev.type == "cuda" and dev.index is None:  # tensors report cuda:N; compare like with like
+        dev = torch.device("cuda", torch.cuda.current_device())
     return dev
 
 

@@ -1,0 +1,99 @@
+"""Fast path vs reference path on a random gpt-oss-20b-shape model, then `gptoss bench` numbers (issue 8).
+
+    python benchmarks/gpu_fast_path.py [--out DIR] [--skip-bench]
+
+1. Teacher-forced agreement over 512 positions: the reference path's full forward against the fast path's
+   prefill (flash attention, grouped MoE) and against its CUDA-graph decode (prefill 256, then 256 steps).
+2. Bench: prefill 512/2048, decode at depth 0 and 32k, bf16 and int8 attention/lm_head, peak memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from gptoss_cli.engine.bench import run_bench
+from gptoss_cli.engine.generator import load_random
+from gptoss_cli.model.config import official_config
+
+
+def agreement(out: dict) -> None:
+    torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 oracle must be fp32
+    cfg = official_config("gpt-oss-20b")
+    ids = torch.randint(0, 199998, (512,), generator=torch.Generator().manual_seed(0)).tolist()
+    refs = {}
+    for dtype in (torch.float32, torch.bfloat16):  # same seed, same weights; fp32 is the oracle
+        ref = load_random(cfg, device="cuda", dtype=dtype, context_length=1024, fast=False, graphs=False)
+        refs[dtype] = ref.logits(ids)
+        del ref
+        gc.collect()
+        torch.cuda.empty_cache()
+    fast = load_random(cfg, device="cuda", context_length=1024)
+    assert fast.graphs is not None, fast.notes
+    prefill_logits = fast.logits(ids)
+    decode_rows = [fast.prefill(ids[:256])] + [fast.step(t) for t in ids[256:511]]
+    decode_logits = torch.cat([prefill_logits[:255], torch.stack(decode_rows)])  # positions 0..510
+    for name, got, want in (("fast prefill vs ref bf16", prefill_logits[:511], refs[torch.bfloat16][:511]),
+                            ("fast decode vs ref bf16", decode_logits, refs[torch.bfloat16][:511]),
+                            ("fast prefill vs ref fp32", prefill_logits[:511], refs[torch.float32][:511]),
+                            ("fast decode vs ref fp32", decode_logits, refs[torch.float32][:511]),
+                            ("ref bf16 vs ref fp32", refs[torch.bfloat16][:511], refs[torch.float32][:511])):
+        row = {
+            "path": name, "positions": 511,
+            "top1_agreement": (got.argmax(-1) == want.argmax(-1)).float().mean().item(),
+            "max_abs_logit_diff": (got - want).abs().max().item(),
+            "mean_abs_logit_diff": (got - want).abs().mean().item(),
+            "logit_absmax": want.abs().max().item(),
+        }
+        out.setdefault("agreement", []).append(row)
+        print(json.dumps(row), flush=True)
+    del fast
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def bench(out: dict) -> None:
+    cfg = official_config("gpt-oss-20b")
+    for int8 in (False, True):
+        torch.cuda.reset_peak_memory_stats()
+        depths = [0, 32768] if not int8 else [0]
+        engine = load_random(cfg, device="cuda", context_length=32768 + 256, int8=int8)
+        result = run_bench(engine, "gpt-oss-20b (random)" + (" int8 attn/lm_head" if int8 else ""),
+                           [512, 2048], depths, decode_tokens=128, repeats=3)
+        row = result.to_dict()
+        out.setdefault("bench", []).append(row)
+        print(json.dumps(row), flush=True)
+        del engine
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--skip-bench", action="store_true")
+    args = ap.parse_args()
+    out: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__}
+    agreement(out)
+    if not args.skip_bench:
+        bench(out)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "fast_path.json").write_text(json.dumps(out, indent=2))
+    for r in out["agreement"]:
+        print(f"{r['path']:<26} top1 {r['top1_agreement']:.4f}  max|d| {r['max_abs_logit_diff']:.3f}  "
+              f"mean|d| {r['mean_abs_logit_diff']:.4f}")
+    for b in out.get("bench", []):
+        print(b["model"], {k: round(v) for k, v in b["prefill_tok_s"].items()},
+              {k: round(v, 1) for k, v in b["decode_tok_s"].items()},
+              {k: round(v) for k, v in b["percent_of_floor"].items()}, f"peak {b['peak_memory_bytes'] / 1e9:.2f} GB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
