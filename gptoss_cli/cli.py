@@ -44,9 +44,27 @@ def _root(
         os.environ["GPTOSS_DEBUG"] = "1"
 
 
+def _plan_ref(model: str) -> str:
+    """Official names plan from built-in sizes (no download needed); anything else may be a pulled model."""
+    from pathlib import Path
+
+    from .plan import OFFICIAL_MODELS
+
+    if model.lower().removeprefix("openai/") in OFFICIAL_MODELS or Path(model).expanduser().is_dir():
+        return model
+    from .errors import ModelNotFoundError, UsageError
+    from .store import resolve_model
+
+    try:
+        return str(resolve_model(model))
+    except UsageError as exc:  # not even a repo id: for `plan` that is a model it cannot find
+        raise ModelNotFoundError(exc.message, hint=exc.hint) from None
+
+
 @app.command("plan")
 def plan_command(
-    model: str = typer.Argument("gpt-oss-20b", help="gpt-oss-20b, gpt-oss-120b, or a local model directory."),
+    model: str = typer.Argument("gpt-oss-20b", help="gpt-oss-20b, gpt-oss-120b, a pulled model, or a local model "
+                                                    "directory."),
     vram: str | None = typer.Option(None, "--vram", help="Plan for this much free VRAM, e.g. 12GB (0: no GPU)."),
     ram: str | None = typer.Option(None, "--ram", help="Plan for this much available system RAM, e.g. 32GB."),
     context: int | None = typer.Option(None, "--context", min=1,
@@ -60,7 +78,7 @@ def plan_command(
     from .plan import Wishes, plan_for
 
     wishes = Wishes(context=context, quantize=not no_quantize, headroom_bytes=parse_size(headroom, "--headroom"))
-    plan = plan_for(model, detect(HardwareOverride.from_strings(vram, ram)), wishes)
+    plan = plan_for(_plan_ref(model), detect(HardwareOverride.from_strings(vram, ram)), wishes)
     if json_out:
         typer.echo(plan.to_json())
     elif plan.fits:
@@ -151,6 +169,19 @@ def bench_command(
     from .bench_view import run_bench_command
 
     run_bench_command(model, random, prompts, depths, decode, repeats, device, json_out, models_dir)
+
+
+# ---- self-check -------------------------------------------------------------------------------------------
+@app.command("doctor")
+def doctor_command(
+    json_out: bool = typer.Option(False, "--json", help="Print the checks and the facts behind them as JSON."),
+    models_dir: str | None = _models_dir_option(),
+) -> None:
+    """Check that gptoss can run here: GPU, driver, torch CUDA build, Triton (with a tiny kernel), free disk
+    and the model folder; each problem comes with what to do. Exits 0 when usable, 1 when not."""
+    from .doctor_view import run_doctor
+
+    raise typer.Exit(run_doctor(json_out, models_dir))
 
 
 def _fail(exc: GptossError) -> int:
