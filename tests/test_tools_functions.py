@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -218,8 +217,12 @@ def test_a_call_runs_the_function_and_returns_text(tools):
     assert not is_error
     assert json.loads(text) == {"location": "Oslo", "format": "celsius", "temperature": 20}
     text, _ = tools["plan_trip"].call(
-        {"stops": [{"city": "Rome", "nights": 2}, {"city": "Pisa"}], "window": {"start": "May", "days": 3},
-         "unit": "fahrenheit", "deadline": None}
+        {
+            "stops": [{"city": "Rome", "nights": 2}, {"city": "Pisa"}],
+            "window": {"start": "May", "days": 3},
+            "unit": "fahrenheit",
+            "deadline": None,
+        }
     )
     assert json.loads(text) == {"city": "Rome x2 fahrenheit 3d", "nights": 2}  # dataclasses and enums converted
 
@@ -269,17 +272,27 @@ def test_positional_only_parameters_are_refused():
 def test_openai_tool_lists_are_run_by_the_caller():
     listed = tools_from_openai(
         [
-            {"type": "function", "function": {"name": "lookup", "description": "Look up.",
-                                              "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}},
+            {
+                "type": "function",
+                "function": {
+                    "name": "lookup",
+                    "description": "Look up.",
+                    "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+                },
+            },
             {"name": "flat", "description": "Flat form."},
         ]
     )
     assert [tool.spec() for tool in listed] == [
-        {"name": "lookup", "description": "Look up.", "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}},
+        {
+            "name": "lookup",
+            "description": "Look up.",
+            "parameters": {"type": "object", "properties": {"q": {"type": "string"}}},
+        },
         {"name": "flat", "description": "Flat form."},
     ]
     assert not listed[0].executable
-    assert listed[0].call({"q": "x"}) == ("Error: lookup is executed by the caller, not by gptoss", True)
+    assert listed[0].call({"q": "x"}) == ("Error: lookup is run by the caller, not by gptoss", True)
     with pytest.raises(ToolsFileError):
         tools_from_openai({"name": "not a list"})
     with pytest.raises(ToolsFileError, match="needs a name"):

@@ -78,7 +78,7 @@ def test_sys_exit_and_input_do_not_end_the_session(tool):
 
 def test_user_code_cannot_reach_the_protocol(tool):
     # A fake reply on fd 1 and a read of fd 0 (where requests arrive) must not derail the worker.
-    outcome = tool.run("import os\nos.write(1, b'{\"error\": true, \"dropped\": 0}\\n')\nos.read(0, 100)")
+    outcome = tool.run('import os\nos.write(1, b\'{"error": true, "dropped": 0}\\n\')\nos.read(0, 100)')
     assert outcome.text == '{"error": true, "dropped": 0}\nb\'\'\n'
     assert not outcome.is_error
     assert tool.run("2 * 21").text == "42\n"
@@ -124,7 +124,7 @@ def test_timeout_also_kills_processes_the_code_started(tmp_path):
 
 @pytest.mark.skipif(
     not (sys.platform.startswith("linux") or sys.platform == "win32"),
-    reason="the memory limit is enforced on Linux (RLIMIT_AS) and Windows (Job Object) only",
+    reason="the memory limit is enforced on Linux (RLIMIT_DATA) and Windows (Job Object) only",
 )
 def test_memory_bomb_is_stopped_by_the_limit():
     with PythonTool(PythonLimits(timeout_s=20, memory_bytes=512 * MiB)) as tool:
@@ -136,10 +136,25 @@ def test_memory_bomb_is_stopped_by_the_limit():
         assert tool.run("del hog\n'still here'").text == "'still here'\n"
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is how Linux enforces the limit")
-def test_worker_runs_under_the_address_space_limit():
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_DATA is how Linux enforces the limit")
+def test_the_limit_caps_memory_not_reserved_address_space():
     with PythonTool(PythonLimits(memory_bytes=768 * MiB)) as tool:
-        assert tool.run("import resource\nresource.getrlimit(resource.RLIMIT_AS)[0]").text == f"{768 * MiB}\n"
+        assert tool.run("import resource\nresource.getrlimit(resource.RLIMIT_DATA)[0]").text == f"{768 * MiB}\n"
+        # 48 threads that allocate reserve a 64 MiB malloc arena each: far over 768 MiB of address space (so
+        # RLIMIT_AS would refuse them), far less memory.
+        code = (
+            "import threading, time\n"
+            "done = []\n"
+            "def work():\n"
+            "    kept = [bytearray(100) for _ in range(2000)]\n"
+            "    time.sleep(0.2)\n"
+            "    done.append(len(kept))\n"
+            "threads = [threading.Thread(target=work) for _ in range(48)]\n"
+            "[t.start() for t in threads]\n"
+            "[t.join() for t in threads]\n"
+            "len(done)"
+        )
+        assert tool.run(code).text == "48\n"
 
 
 def test_huge_output_is_truncated_keeping_both_ends():

@@ -32,14 +32,27 @@ class ToolCall:
         return self.tool.removeprefix("functions.")
 
 
+ResultStatus = Literal["ok", "error", "denied", "invalid", "unknown", "external"]
+
+
 @dataclass(frozen=True)
 class ToolResult:
-    """The answer to a call, authored by the tool (``python``, ``functions.get_weather``) on the call's channel."""
+    """The answer to a call, authored by the tool (``python``, ``functions.get_weather``) on the call's channel.
+
+    ``status``: ``ok``; ``error`` (the tool ran and failed: an exception, a timeout, a crash); ``denied`` (the
+    user said no); ``invalid`` (arguments not a JSON object, or not the function's parameters); ``unknown`` (no
+    such tool); ``external`` (not run here: the caller of ``gptoss run --json`` runs it). Only ``ok`` and
+    ``error`` mean the tool ran.
+    """
 
     author: str
     content: str
-    is_error: bool = False
+    status: ResultStatus = "ok"
     channel: str | None = None
+
+    @property
+    def is_error(self) -> bool:
+        return self.status != "ok"
 
     def as_message(self) -> dict[str, Any]:
         """The harmony renderer's message dict for this result."""

@@ -94,7 +94,7 @@ class FunctionTool:
     def call(self, arguments: Mapping[str, Any]) -> tuple[str, bool]:
         """Run the function; return (text for the model, is_error). Never raises for the function's errors."""
         if self.func is None:
-            return f"Error: {self.name} is executed by the caller, not by gptoss", True
+            return f"Error: {self.name} is run by the caller, not by gptoss", True
         problem = self.check(arguments)
         if problem is not None:
             return f"Error: {problem}", True
@@ -200,7 +200,7 @@ def schema_for(hint: Any) -> dict[str, Any]:
         return {**schema, "description": notes[0]} if notes else schema
     if hint is None or hint is type(None):
         return {"type": "null"}
-    if origin is Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+    if origin in (Union, types.UnionType):
         options = [a for a in args if a is not type(None)]
         schema = schema_for(options[0]) if len(options) == 1 else {"oneOf": [schema_for(a) for a in options]}
         return {**schema, "nullable": True} if len(options) < len(args) else schema
@@ -304,7 +304,7 @@ def function_tool(func: Callable[..., Any], name: str | None = None) -> Function
             schema.pop("nullable", None)
         elif _is_json(param.default):
             schema["default"] = _json_default(param.default)
-        if param.name in docs and docs[param.name]:
+        if docs.get(param.name):
             schema["description"] = docs[param.name]
         properties[param.name] = schema
     parameters = _object_schema(properties, required) if properties else None
@@ -363,13 +363,16 @@ def tools_from_openai(specs: Any) -> list[FunctionTool]:
     for spec in specs:
         body = spec.get("function", spec) if isinstance(spec, Mapping) else None
         if not isinstance(body, Mapping) or not isinstance(body.get("name"), str) or not body["name"]:
-            raise ToolsFileError(f"a tool needs a name: {spec!r}", hint='{"type": "function", "function": {"name": ...}}')
+            raise ToolsFileError(
+                f"a tool needs a name: {spec!r}", hint='{"type": "function", "function": {"name": ...}}'
+            )
         if isinstance(spec, Mapping) and spec.get("type", "function") != "function":
-            raise ToolsFileError(f"tool {body['name']}: only function tools are supported, not {spec.get('type')!r}")
+            raise ToolsFileError(f"tool {body['name']}: only function tools are supported, not {spec['type']!r}")
         parameters = body.get("parameters")
         if parameters is not None and not isinstance(parameters, Mapping):
             raise ToolsFileError(f"tool {body['name']}: parameters must be a JSON Schema object")
-        tools.append(FunctionTool(body["name"], body.get("description") or "", dict(parameters) if parameters else None))
+        schema = dict(parameters) if parameters else None
+        tools.append(FunctionTool(body["name"], body.get("description") or "", schema))
     return tools
 
 
@@ -380,7 +383,7 @@ def _coerce(value: Any, hint: Any) -> Any:
         return _coerce(value, args[0])
     if value is None:
         return None
-    if origin is Union or (hasattr(types, "UnionType") and origin is types.UnionType):
+    if origin in (Union, types.UnionType):
         options = [a for a in args if a is not type(None)]
         return _coerce(value, options[0]) if len(options) == 1 else value
     if isinstance(hint, type) and issubclass(hint, enum.Enum):
@@ -389,7 +392,8 @@ def _coerce(value: Any, hint: Any) -> Any:
         hints = typing.get_type_hints(hint)
         return hint(**{k: _coerce(v, hints.get(k, Any)) for k, v in value.items()})
     if isinstance(value, list) and (hint in _SEQUENCES or origin in _SEQUENCES):
-        items = [_coerce(v, args[0]) for v in value] if args and (origin is not tuple or args[-1] is Ellipsis) else value
+        uniform = args and (origin is not tuple or args[-1] is Ellipsis)  # not a fixed-length tuple
+        items = [_coerce(v, args[0]) for v in value] if uniform else value
         container = origin or hint
         return container(items) if container in (tuple, set, frozenset) else items
     if isinstance(value, Mapping) and origin in _MAPPINGS and len(args) == 2:

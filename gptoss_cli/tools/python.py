@@ -18,14 +18,17 @@ Limits, and what each OS enforces:
   model gets the output so far and "timed out after N s; the Python state was reset". Linux/macOS kill the
   worker's process group (a child that starts its own session escapes); Windows terminates the worker's Job
   Object, which holds every descendant.
-- Memory (Linux): ``RLIMIT_AS`` set on the worker with ``prlimit`` right after it starts (before it runs any
-  code; children inherit it). An allocation beyond it fails, so the code gets ``MemoryError`` and the session
-  goes on. Windows: a Job Object with ``JOB_OBJECT_LIMIT_PROCESS_MEMORY`` (per process, same effect) and
-  ``KILL_ON_JOB_CLOSE``. macOS: not enforced (the kernel ignores ``RLIMIT_AS``).
+- Memory (Linux, kernel 4.7+): ``RLIMIT_DATA``, which counts the heap and private writable mappings (memory the
+  code can fill), set on the worker with ``prlimit`` right after it starts, before it runs any code; children
+  inherit it. An allocation beyond it fails, so the code gets ``MemoryError`` and the session goes on. Not
+  ``RLIMIT_AS``: it also counts address space that is only reserved (each thread's 64 MiB malloc arena, CUDA),
+  so threads and libraries fail long before the memory is used. Not ``preexec_fn``: it is unsafe in a process with
+  threads, as gptoss is. Windows: a Job Object with ``JOB_OBJECT_LIMIT_PROCESS_MEMORY`` (committed memory per
+  process, same effect) and ``KILL_ON_JOB_CLOSE``. macOS: not enforced (its kernel ignores these limits).
 - Output (all OSes): printed output is written to a file as it comes (so it survives a crash) and cut to
   ``output_chars`` (first two thirds, last third, a marker between); past 8 MiB per call the worker stops
   writing Python-level output and only counts it. Output of child processes and C code goes to the same file,
-  bounded only by the timeout.
+  bounded only by the timeout. What a background thread prints between calls is dropped.
 - Crash (all OSes): if the worker dies (``os._exit``, a segfault, killed for memory), the model is told how it
   ended and that the state was reset; the next call starts a fresh worker.
 """
@@ -135,9 +138,9 @@ class _Worker:
         elif memory_bytes is not None and sys.platform.startswith("linux"):
             import resource
 
-            _, hard = resource.getrlimit(resource.RLIMIT_AS)
+            _, hard = resource.getrlimit(resource.RLIMIT_DATA)
             soft = memory_bytes if hard == resource.RLIM_INFINITY else min(memory_bytes, hard)
-            resource.prlimit(self.proc.pid, resource.RLIMIT_AS, (soft, hard))
+            resource.prlimit(self.proc.pid, resource.RLIMIT_DATA, (soft, hard))
 
     def _read_replies(self) -> None:
         assert self.proc.stdout is not None
