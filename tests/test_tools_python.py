@@ -113,7 +113,7 @@ def test_timeout_also_kills_processes_the_code_started(tmp_path):
         f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
         "time.sleep(60)"
     )
-    with PythonTool(PythonLimits(timeout_s=1)) as tool:
+    with PythonTool(PythonLimits(timeout_s=2)) as tool:
         assert "timed out" in tool.run(code).text
     pid = int(pid_file.read_text())
     deadline = time.monotonic() + 5
@@ -195,8 +195,8 @@ def test_a_crash_is_reported_and_the_next_call_works(tool, code, how):
 
 
 def test_a_worker_that_died_between_calls_is_replaced_and_reported(tool):
-    tool.run("import os, threading, time\nthreading.Timer(0.1, lambda: os._exit(7)).start()")
-    time.sleep(0.5)
+    tool.run("import os, threading\nthreading.Timer(0.05, lambda: os._exit(7)).start()")
+    time.sleep(1)
     outcome = tool.run("'fresh'")
     assert outcome.text == (
         "[NOTE] The python process exited with code 7 after the last call; the Python state was reset.\n'fresh'\n"

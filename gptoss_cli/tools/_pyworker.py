@@ -107,7 +107,7 @@ def run_cell(code: str, namespace: dict, number: int) -> tuple:
 def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us by killing, never by Ctrl+C
     requests = os.fdopen(os.dup(0), "r", encoding="utf-8")
-    replies = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    replies = os.fdopen(os.dup(1), "w", encoding="utf-8", newline="\n")
     os.dup2(2, 1)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)

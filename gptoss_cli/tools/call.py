@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 CallKind = Literal["python", "function", "external", "unknown"]
@@ -23,7 +23,7 @@ class ToolCall:
     kind: CallKind
     text: str  # the message body: code for python, raw JSON for functions
     channel: str | None = None
-    arguments: dict[str, Any] | None = field(default=None, compare=False)
+    arguments: dict[str, Any] | None = None  # parsed JSON, for a function call
     error: str | None = None
 
     @property
