@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -202,6 +204,18 @@ def test_a_worker_that_died_between_calls_is_replaced_and_reported(tool):
         "[NOTE] The python process exited with code 7 after the last call; the Python state was reset.\n'fresh'\n"
     )
     assert outcome.reset
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="sends itself SIGINT, as Ctrl+C does on POSIX")
+def test_ctrl_c_during_a_call_stops_the_code_and_leaves_no_stale_reply(tool):
+    tool.run("x = 1")
+    threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        tool.run("import time\ntime.sleep(3)\n'stale'")
+    assert time.monotonic() - start < 2
+    assert tool.run("'fresh'").text == "'fresh'\n"
+    assert "NameError" in tool.run("x").text
 
 
 def test_each_session_has_its_own_working_directory_removed_on_close():

@@ -144,11 +144,9 @@ class _Worker:
 
     def _read_replies(self) -> None:
         assert self.proc.stdout is not None
-        try:
+        with self.proc.stdout:
             for line in self.proc.stdout:
                 self.replies.put(line)
-        except (OSError, ValueError):  # the pipe was closed under us by close()
-            pass
         self.replies.put(None)
 
     def send(self, request: dict[str, Any]) -> bool:
@@ -188,12 +186,12 @@ class _Worker:
             pass
 
     def close(self) -> None:
-        for stream in (self.proc.stdin, self.proc.stdout):
-            if stream is not None:
-                try:
-                    stream.close()
-                except OSError:
-                    pass
+        """Release what the worker left: its stdin, job and output file (the reader thread closes stdout)."""
+        if self.proc.stdin is not None:
+            try:
+                self.proc.stdin.close()
+            except OSError:
+                pass
         if self._job is not None:
             self._job.close()
             self._job = None
@@ -207,9 +205,10 @@ class _Worker:
 class PythonTool:
     """The python tool of one chat session: one worker at a time, started on the first call.
 
-    ``run(code)`` never raises for anything the code does; it returns what the model should read. Calls are
-    serialized. Call ``close()`` (or use ``with``) when the session ends; an unclosed tool is cleaned up when it
-    is garbage collected or at interpreter exit.
+    ``run(code)`` never raises for anything the code does; it returns what the model should read. A
+    ``KeyboardInterrupt`` while it waits (the user's Ctrl+C) kills the worker, so the state is reset, and is
+    raised again. Calls are serialized. Call ``close()`` (or use ``with``) when the session ends; an unclosed
+    tool is cleaned up when it is garbage collected or at interpreter exit.
     """
 
     name = "python"
@@ -249,6 +248,9 @@ class PythonTool:
             except queue.Empty:
                 message = f"[ERROR] Execution timed out after {self.limits.timeout_s:g} s; the Python state was reset."
                 return self._ended(worker, note, message)
+            except BaseException:  # Ctrl+C: stop the code, or its late reply would answer the next call
+                self._stop()
+                raise
             try:
                 reply = json.loads(line) if line is not None else None
             except ValueError:
