@@ -177,8 +177,11 @@ def doctor_command(
     json_out: bool = typer.Option(False, "--json", help="Print the checks and the facts behind them as JSON."),
     models_dir: str | None = _models_dir_option(),
 ) -> None:
-    """Check that gptoss can run here: GPU, driver, torch CUDA build, Triton (with a tiny kernel), free disk
-    and the model folder; each problem comes with what to do. Exits 0 when usable, 1 when not."""
+    """Check that gptoss can run here, and say what to do about anything that is not right.
+
+    Looks at the GPU, the NVIDIA driver, the torch build, Triton (compiling a tiny kernel), the model folder and
+    its free disk. Exits 0 when gptoss can run, 1 when not.
+    """
     from .doctor_view import run_doctor
 
     raise typer.Exit(run_doctor(json_out, models_dir))
