@@ -176,6 +176,12 @@ class ModelBytes:
     kv_fixed: int                    # KV bytes of the sliding layers (a fixed window)
     active_experts: float            # share of a layer's experts read per token (top-k / E)
     hidden: int
+    num_experts: int = 1
+
+    @property
+    def expert_bytes(self) -> int:
+        """One expert of the largest layer (the unit the expert cache and staging buffer hold)."""
+        return max(self.experts, default=0) // max(self.num_experts, 1)
 
     @property
     def weights(self) -> int:
@@ -226,7 +232,7 @@ def model_bytes(config: GptOssConfig, sizes: dict[str, int]) -> ModelBytes:
         kv_per_token=kv_token * len(config.full_layers),
         kv_fixed=kv_token * config.sliding_window * len(config.sliding_layers),
         active_experts=config.num_experts_per_tok / config.num_local_experts,
-        hidden=config.hidden_size,
+        hidden=config.hidden_size, num_experts=config.num_local_experts,
     )
 
 
@@ -281,6 +287,8 @@ class _Budget:
             Part("router + final norm", where, "bf16", sum(mb.router) + mb.other),
             Part(_layers_label("experts", n, mb.layers), where, "mxfp4", sum(mb.experts[n:])),
             Part(_layers_label("experts", 0, n), "cpu", "mxfp4", sum(mb.experts[:n])),
+            # offloaded layers are computed from a GPU staging buffer that holds one layer's experts
+            Part("expert staging (one layer)", where, "mxfp4", mb.expert_bytes * mb.num_experts if n and on_gpu else 0),
             Part("lm_head", lay.lm_head, lay.lm_head_precision, lm),
             Part(f"KV cache, {lay.context} tokens", where, "bf16", mb.kv_bytes(lay.context)),
             Part("workspace (prefill chunk)", where, "fp32", self.workspace),
@@ -462,16 +470,25 @@ def _assemble(mb: ModelBytes, s: _Search, lay: _Layout, hw: Hardware, wishes: Wi
         if on_gpu and not known and refusal is None:
             notes = [*notes, f"the speed estimate assumes {peak:.0f} GB/s for an unknown GPU ({s.gpu.name})"]
     speed = 0.0 if refusal else _decode_tok_s(mb, lay, gpu_gb_s, bw)
+    parts = list(s.budget.parts(lay))
+    slots = 0
+    if on_gpu and lay.offloaded and refusal is None and mb.expert_bytes:
+        # VRAM the layout leaves over caches offloaded experts (least recently used out), up to all of them
+        spare = max(0, s.budget.gpu_budget - gpu_bytes)
+        slots = min(spare // mb.expert_bytes, mb.num_experts * lay.offloaded)
+        if slots:
+            parts.append(Part(f"expert cache, {slots} experts", "gpu", "mxfp4", slots * mb.expert_bytes))
+            gpu_bytes += slots * mb.expert_bytes
     return Plan(
         model=model, device=lay.device, context_length=lay.context, requested_context=wishes.context,
         embedding=lay.embedding, lm_head=lay.lm_head, attn_precision=lay.attn_precision,
         lm_head_precision=lay.lm_head_precision, experts_on_gpu=tuple(range(lay.offloaded, mb.layers)),
-        expert_cache_slots=0, kv_cache_bytes=mb.kv_bytes(lay.context), gpu_bytes=gpu_bytes,
+        expert_cache_slots=slots, kv_cache_bytes=mb.kv_bytes(lay.context), gpu_bytes=gpu_bytes,
         host_bytes=host_bytes, est_decode_tok_s=round(speed, 1), notes=tuple(notes), fits=refusal is None,
         refusal_reason=refusal, suggestions=(), gpu_name=s.gpu.name if s.gpu else None,
         vram_bytes=s.gpu.free_bytes if s.gpu and on_gpu else 0, ram_bytes=hw.ram_available_bytes,
         headroom_bytes=wishes.headroom_bytes if on_gpu else 0, prefill_chunk=wishes.prefill_chunk,
-        workspace_bytes=s.budget.workspace, parts=tuple(s.budget.parts(lay)),
+        workspace_bytes=s.budget.workspace, parts=tuple(parts),
     )
 
 

@@ -50,7 +50,9 @@ def check_invariants(p: Plan, vram_gb: float, ram_gb: float) -> None:
     assert (p.gpu_bytes, p.host_bytes) == (gpu, host)
     layers = _model(p.model)[0].num_hidden_layers
     assert p.experts_on_gpu == tuple(range(layers - len(p.experts_on_gpu), layers))  # offload is a prefix
-    assert p.expert_cache_slots == 0
+    if p.expert_cache_slots:  # VRAM left over caches offloaded experts, and the plan counts it
+        assert len(p.experts_on_gpu) < layers
+        assert any(x.name.startswith(f"expert cache, {p.expert_cache_slots} ") for x in p.parts)
     if not p.fits:
         assert re.fullmatch(r"(needs \d+\.\d GB of RAM\+VRAM, you have \d+\.\d GB.*|the model supports .*)",
                             p.refusal_reason)
@@ -138,7 +140,7 @@ def test_impossible_cases_are_refused_with_the_shortfall_and_options_that_work(m
 
 def test_a_refusal_on_a_gpu_names_the_ram_or_vram_that_would_do() -> None:
     p = plan("gpt-oss-120b", 24, 32)
-    assert not p.fits and p.refusal_reason == "needs 62.1 GB of RAM+VRAM, you have 56.0 GB"
+    assert not p.fits and p.refusal_reason == "needs 63.7 GB of RAM+VRAM, you have 56.0 GB"  # incl. the 1.6 GB staging buffer
     ram = int(next(s for s in p.suggestions if "system RAM next to 24.0 GB of VRAM" in s).split()[0])
     vram = int(next(s for s in p.suggestions if s.startswith("a GPU with")).split()[3])
     assert plan("gpt-oss-120b", 24, ram).fits

@@ -40,8 +40,10 @@ def test_options_reach_the_planner(monkeypatch, capsys) -> None:
 def test_the_table_shows_where_each_part_goes(monkeypatch, capsys) -> None:
     code, out, _ = run(monkeypatch, capsys, "gpt-oss-20b", "--vram", "12GB", "--ram", "32GB")
     assert code == 0
-    assert re.search(r"experts, layers 3-23\s+│ GPU", out) and re.search(r"experts, layers 0-2\s+│ RAM", out)
-    assert "tokens/s" in out and "--n-cpu-moe 3" in out
+    n = int(re.search(r"--n-cpu-moe (\d+)", out).group(1))
+    assert 1 <= n <= 6  # a 12 GB card keeps most layers' experts on the GPU
+    assert re.search(rf"experts, layers {n}-23\s+│ GPU", out) and re.search(rf"experts, layers 0-{n - 1}\s+│ RAM", out)
+    assert "tokens/s" in out and "expert staging" in out
 
 
 def test_a_refusal_exits_1_with_the_shortfall_and_what_would_work(monkeypatch, capsys) -> None:

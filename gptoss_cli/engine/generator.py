@@ -20,6 +20,7 @@ from ..model.checkpoint import load_tensors
 from ..model.config import GptOssConfig
 from ..model.transformer import REFERENCE_OPS, GptOss, Ops
 from .graphs import DecodeGraphs, graphs_supported
+from .offload import ExpertOffload, with_offload
 from .sampling import Sampler, SamplingParams
 
 DEFAULT_STOP = (200002, 200012, 199999)  # <|return|>, <|call|>, <|endoftext|>
@@ -48,6 +49,7 @@ class GenerationStats:
 class PlacementPlan(Protocol):
     """What the engine reads from a planner's Plan (see plan.py)."""
 
+    expert_cache_slots: int
     embedding: str
     lm_head: str
     experts_on_gpu: tuple[int, ...]
@@ -69,6 +71,7 @@ class Engine:
     tokens: list[int] = field(default_factory=list)  # ids whose K/V the cache holds, in order
     stats: GenerationStats = field(default_factory=GenerationStats)
     graphs: DecodeGraphs | None = None  # CUDA-graph decode, where supported
+    offload: ExpertOffload | None = None  # experts served from host RAM, where the plan put them
     notes: list[str] = field(default_factory=list)  # what the user should know about how this engine runs
 
     @property
@@ -251,9 +254,10 @@ def choose_ops(device: torch.device, fast: bool | None) -> tuple[Ops, str | None
 
 
 def _finish(net: GptOss, cfg: GptOssConfig, dev: torch.device, context: int, chunk: int, graphs: bool | None,
-            note: str | None, t0: float, **kwargs: Any) -> Engine:
+            note: str | None, t0: float, cache_slots: int = 0, **kwargs: Any) -> Engine:
+    offload = with_offload(net, cache_slots) if dev.type == "cuda" else None
     cache = KVCache(cfg, context, dev, net.dtype)
-    engine = Engine(model=net, config=cfg, cache=cache, prefill_chunk=chunk, **kwargs)
+    engine = Engine(model=net, config=cfg, cache=cache, prefill_chunk=chunk, offload=offload, **kwargs)
     if note:
         engine.notes.append(note)
     ok, why = graphs_supported(net)
@@ -265,6 +269,38 @@ def _finish(net: GptOss, cfg: GptOssConfig, dev: torch.device, context: int, chu
         torch.cuda.synchronize(dev)
     engine.load_seconds = time.perf_counter() - t0
     return engine
+
+
+def placement(plan: PlacementPlan | None, dev: torch.device) -> Callable[[str], torch.device]:
+    """Where each hub-named tensor is loaded: the plan's GPU/RAM split. Weights the plan quantizes to int8 load
+    on the host first, so their bf16 copy never takes VRAM."""
+    host = torch.device("cpu")
+    attn_int8 = plan is not None and plan.attn_precision == "int8"
+    head_int8 = plan is not None and plan.lm_head_precision == "int8"
+
+    def device_for(name: str) -> torch.device:
+        if plan is None or dev.type == "cpu":
+            return dev
+        if name.startswith("model.embed_tokens"):
+            return dev if plan.embedding == "gpu" else host
+        if name.startswith("lm_head"):
+            return dev if plan.lm_head == "gpu" and not head_int8 else host
+        if ".mlp.experts." in name:
+            layer = int(name.split(".")[2])
+            return dev if layer in plan.experts_on_gpu else host
+        if attn_int8 and ".self_attn." in name and name.endswith("_proj.weight"):
+            return host
+        return dev
+
+    return device_for
+
+
+def _lm_head_to_ram(net: GptOss, plan: PlacementPlan | None) -> None:
+    """An int8 lm_head is quantized and moved with the GPU weights; the plan may want it in RAM instead."""
+    from ..model.transformer import Int8Weight
+
+    if plan is not None and plan.lm_head != "gpu" and isinstance(net.lm_head, Int8Weight):
+        net.lm_head = Int8Weight(net.lm_head.q.cpu(), net.lm_head.scale.cpu())
 
 
 def load(model: Any, device: str = "auto", dtype: torch.dtype | None = None, context_length: int | None = None,
@@ -282,23 +318,9 @@ def load(model: Any, device: str = "auto", dtype: torch.dtype | None = None, con
     cfg = GptOssConfig.from_file(model_dir)
     dev = resolve_device(device)
     dtype = dtype or torch.bfloat16
-    host = torch.device("cpu")
     attn_int8 = plan is not None and plan.attn_precision == "int8"
     head_int8 = plan is not None and plan.lm_head_precision == "int8"
-
-    def device_for(name: str) -> torch.device:
-        if plan is None or dev.type == "cpu":
-            return dev
-        if name.startswith("model.embed_tokens"):
-            return dev if plan.embedding == "gpu" else host
-        if name.startswith("lm_head"):  # int8 is quantized on the host, so the bf16 copy never takes VRAM
-            return dev if plan.lm_head == "gpu" and not head_int8 else host
-        if ".mlp.experts." in name:
-            layer = int(name.split(".")[2])
-            return dev if layer in plan.experts_on_gpu else host
-        if attn_int8 and ".self_attn." in name and name.endswith("_proj.weight"):
-            return host
-        return dev
+    device_for = placement(plan, dev)
 
     from ..model.checkpoint import expected_tensors
 
@@ -310,18 +332,17 @@ def load(model: Any, device: str = "auto", dtype: torch.dtype | None = None, con
             progress(len(tensors), total)
     ops, note = choose_ops(dev, fast)
     net = GptOss.from_tensors(cfg, tensors, dev, dtype, attn_int8=attn_int8, lm_head_int8=head_int8, ops=ops)
-    if head_int8 and plan is not None and plan.lm_head != "gpu":
-        w = net.lm_head
-        net.lm_head = type(w)(w.q.to(host), w.scale.to(host))
+    _lm_head_to_ram(net, plan)
     ctx = context_length or (plan.context_length if plan is not None else cfg.max_position_embeddings)
     chunk = plan.prefill_chunk if plan is not None else 1024
-    return _finish(net, cfg, dev, ctx, chunk, graphs, note, t0, stop_ids=read_stop_ids(model_dir),
-                   model_dir=model_dir)
+    slots = plan.expert_cache_slots if plan is not None else 0
+    return _finish(net, cfg, dev, ctx, chunk, graphs, note, t0, cache_slots=slots,
+                   stop_ids=read_stop_ids(model_dir), model_dir=model_dir)
 
 
 def load_random(cfg: GptOssConfig, device: str = "auto", dtype: torch.dtype | None = None,
                 context_length: int = 4096, seed: int = 0, int8: bool = False, fast: bool | None = None,
-                graphs: bool | None = None) -> Engine:
+                graphs: bool | None = None, plan: PlacementPlan | None = None) -> Engine:
     """An engine over random weights built in memory at ``cfg``'s shape (drawn on the target device), for
     benchmarks that need no download. Experts are real MXFP4 from the quantizer; ``int8`` quantizes attention
     and lm_head as the plan's quantised option does."""
@@ -330,7 +351,16 @@ def load_random(cfg: GptOssConfig, device: str = "auto", dtype: torch.dtype | No
     t0 = time.perf_counter()
     dev = resolve_device(device)
     dtype = dtype or torch.bfloat16
-    tensors = {name: (t if t.dtype == torch.uint8 else t.to(dtype)) for name, t in random_tensors(cfg, seed, dev)}
+    device_for = placement(plan, dev)
+    tensors = {name: (t if t.dtype == torch.uint8 else t.to(dtype)).to(device_for(name))
+               for name, t in random_tensors(cfg, seed, dev)}
+    if plan is not None:
+        int8 = plan.attn_precision == "int8"
+    head_int8 = plan.lm_head_precision == "int8" if plan is not None else int8
     ops, note = choose_ops(dev, fast)
-    net = GptOss.from_tensors(cfg, tensors, dev, dtype, attn_int8=int8, lm_head_int8=int8, ops=ops)
-    return _finish(net, cfg, dev, context_length, 1024, graphs, note, t0)
+    net = GptOss.from_tensors(cfg, tensors, dev, dtype, attn_int8=int8, lm_head_int8=head_int8, ops=ops)
+    _lm_head_to_ram(net, plan)
+    slots = plan.expert_cache_slots if plan is not None else 0
+    ctx = plan.context_length if plan is not None else context_length
+    chunk = plan.prefill_chunk if plan is not None else 1024
+    return _finish(net, cfg, dev, ctx, chunk, graphs, note, t0, cache_slots=slots)
