@@ -151,6 +151,89 @@ def rm_command(
     run_rm(name, models_dir, yes)
 
 
+# ---- chat and run -----------------------------------------------------------------------------------------
+_CHAT_MODEL_HELP = "gpt-oss-20b, gpt-oss-120b, a pulled model's name, or a model directory."
+
+
+def _effort(value: str) -> str:
+    if value not in ("low", "medium", "high"):
+        raise typer.BadParameter("use low, medium or high")
+    return value
+
+
+def _chat_options() -> dict[str, typer.models.OptionInfo]:
+    """Options `chat` and `run` share (as defaults for their parameters)."""
+    return {
+        "effort": typer.Option("medium", "--effort", "-r", callback=_effort,
+                               help="Reasoning effort: low, medium or high."),
+        "system": typer.Option(None, "--system", "-s", help="Developer instructions for the model."),
+        "temperature": typer.Option(1.0, "--temperature", "-t", min=0.0, help="Sampling temperature (0: greedy)."),
+        "max_tokens": typer.Option(None, "--max-tokens", "-n", min=1,
+                                   help="Most tokens per reply, reasoning included (default: until the context is "
+                                        "full)."),
+        "seed": typer.Option(None, "--seed", help="Random seed, for repeatable sampling."),
+        "python": typer.Option(True, "--python/--no-python", help="Let the model run Python (it asks first)."),
+        "tools": typer.Option(None, "--tools", help="Your functions as tools: a Python file (or a JSON tool list "
+                                                    "for `run --json` callers)."),
+        "yes": typer.Option(False, "--yes", "-y", help="Run tool calls without asking."),
+        "device": typer.Option("auto", "--device", help="auto, cuda, cuda:N or cpu."),
+        "context": typer.Option(None, "--context", "-c", min=1,
+                                help="Context in tokens (default: as much as the plan fits)."),
+        "plan_json": typer.Option(None, "--plan-json", help="Use this plan (from `gptoss plan --json`)."),
+    }
+
+
+def _O(name: str) -> typer.models.OptionInfo:  # a fresh OptionInfo per use: commands must not share one
+    return _chat_options()[name]
+
+
+@app.command("chat")
+def chat_command(
+    model: str = typer.Argument("gpt-oss-20b", envvar="GPTOSS_MODEL", help=_CHAT_MODEL_HELP),
+    effort: str = _O("effort"), system: str | None = _O("system"), temperature: float = _O("temperature"),
+    max_tokens: int | None = _O("max_tokens"), seed: int | None = _O("seed"), python: bool = _O("python"),
+    tools: str | None = _O("tools"), yes: bool = _O("yes"), device: str = _O("device"),
+    context: int | None = _O("context"), plan_json: str | None = _O("plan_json"),
+    models_dir: str | None = _models_dir_option(),
+) -> None:
+    """Chat with the model: streaming replies, reasoning shown dimmed, tools with approval. /help inside."""
+    from .chat.repl import ChatRequest, run_chat
+    from .chat.session import Sampling
+
+    sampling = Sampling(temperature=temperature, seed=seed, max_tokens=max_tokens)
+    raise typer.Exit(run_chat(ChatRequest(model, device, context, plan_json, models_dir, effort, system, sampling,
+                                          python, tools, yes)))
+
+
+@app.command("run")
+def run_command(
+    prompt: str | None = typer.Argument(None, help="The prompt; '-' (or nothing, in a pipe) reads stdin."),
+    model: str = typer.Option("gpt-oss-20b", "--model", "-m", envvar="GPTOSS_MODEL", help=_CHAT_MODEL_HELP),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object: final, reasoning, tool_calls, "
+                                                        "usage, timings."),
+    show_reasoning: bool = typer.Option(False, "--show-reasoning", help="Stream the reasoning to stderr."),
+    print_prompt: bool = typer.Option(False, "--print-prompt", help="Print the harmony prompt (special tokens "
+                                                                    "visible) and exit."),
+    effort: str = _O("effort"), system: str | None = _O("system"), temperature: float = _O("temperature"),
+    max_tokens: int | None = _O("max_tokens"), seed: int | None = _O("seed"), python: bool = _O("python"),
+    tools: str | None = _O("tools"), yes: bool = _O("yes"), device: str = _O("device"),
+    context: int | None = _O("context"), plan_json: str | None = _O("plan_json"),
+    models_dir: str | None = _models_dir_option(),
+) -> None:
+    """Answer one prompt: only the final answer on stdout, for scripts and pipes.
+
+    Exit codes: 0 complete; 1 failure; 2 usage; 3 model not found; 5 cut short by --max-tokens or the
+    context (the partial answer is printed); 130 interrupted.
+    """
+    from .chat.oneshot import RunRequest, run_oneshot
+    from .chat.session import Sampling
+
+    sampling = Sampling(temperature=temperature, seed=seed, max_tokens=max_tokens)
+    raise typer.Exit(run_oneshot(RunRequest(prompt, model, effort, system, sampling, json_out, show_reasoning,
+                                            print_prompt, python, tools, yes, device, context, plan_json,
+                                            models_dir)))
+
+
 # ---- benchmarks -------------------------------------------------------------------------------------------
 @app.command("bench")
 def bench_command(
@@ -215,9 +298,8 @@ def main() -> None:
         sys.stderr.write("aborted\n")
         sys.exit(ExitCode.INTERRUPTED)
     except Exception as exc:  # click's usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
+        # Duck-typed: newer typer raises its vendored click's exceptions (typer._click), not click's.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         if debug:

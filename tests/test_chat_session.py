@@ -93,9 +93,9 @@ def test_tool_call_is_approved_run_and_generation_continues(chat_tokenizer):
     call = ("<|channel|>analysis<|message|>Compute it.<|end|><|start|>assistant<|channel|>analysis to=python"
             "<|message|>print(17 * 23)\nprint('done')<|call|>")
     answer = "<|channel|>final<|message|>It is 391.<|return|>"
-    tools = FakeTools(python=lambda code: "391\ndone\n")
     asked = []
-    session, engine = make(chat_tokenizer, call, answer, tools=tools, approve=lambda c: asked.append(c) or True)
+    tools = FakeTools(python=lambda code: "391\ndone\n", approve=lambda c: asked.append(c) or True)
+    session, engine = make(chat_tokenizer, call, answer, tools=tools)
     events = list(session.send("What is 17*23?"))
     finished = [e for e in events if isinstance(e, ToolFinished)]
     assert [(f.status, f.output) for f in finished] == [("ok", "391\ndone\n")]
@@ -116,9 +116,10 @@ def test_function_call_with_bad_json_is_answered_as_an_error_without_asking(chat
     bad = "<|channel|>commentary to=functions.weather <|constrain|>json<|message|>{\"city\": Paris}<|call|>"
     good = "<|channel|>commentary to=functions.weather <|constrain|>json<|message|>{\"city\": \"Paris\"}<|call|>"
     final = "<|channel|>final<|message|>Sunny.<|return|>"
-    tools = FakeTools(functions={"weather": lambda city: json.dumps({"city": city, "sky": "sunny"})})
     asked = []
-    session, engine = make(chat_tokenizer, bad, good, final, tools=tools, approve=lambda c: asked.append(c) or True)
+    tools = FakeTools(functions={"weather": lambda city: json.dumps({"city": city, "sky": "sunny"})},
+                      approve=lambda c: asked.append(c) or True)
+    session, engine = make(chat_tokenizer, bad, good, final, tools=tools)
     events = list(session.send("Weather in Paris?"))
     statuses = [e.status for e in events if isinstance(e, ToolFinished)]
     assert statuses == ["invalid", "ok"]
@@ -139,13 +140,13 @@ def test_unknown_tool_denied_call_and_failing_tool_reach_the_model_as_errors(cha
         raise ZeroDivisionError("division by zero")
 
     decisions = iter([False, True])
-    session, engine = make(chat_tokenizer, unknown, py, py, final, tools=FakeTools(python=boom),
-                           approve=lambda c: next(decisions))
+    session, engine = make(chat_tokenizer, unknown, py, py, final,
+                           tools=FakeTools(python=boom, approve=lambda c: next(decisions)))
     events = list(session.send("go"))
     done = [e for e in events if isinstance(e, ToolFinished)]
     assert [d.status for d in done] == ["unknown", "denied", "error"]
-    assert "there is no tool 'functions.nope'" in done[0].output and "python" in done[0].output
-    assert done[1].output == "The user declined to run this tool call."
+    assert "unknown tool 'functions.nope'" in done[0].output
+    assert done[1].output == "The user denied this tool call."
     assert "ZeroDivisionError" in done[2].output
     assert session.last.final == "Done." and session.last.finish_reason == "stop"
 
@@ -153,7 +154,7 @@ def test_unknown_tool_denied_call_and_failing_tool_reach_the_model_as_errors(cha
 def test_consecutive_tool_calls_are_bounded(chat_tokenizer):
     py = "<|channel|>analysis to=python<|message|>x += 1<|call|>"
     tools = FakeTools(python=lambda code: "")
-    session, engine = make(chat_tokenizer, py, py, py, tools=tools, approve=lambda c: True, max_tool_calls=2)
+    session, engine = make(chat_tokenizer, py, py, py, tools=tools, max_tool_calls=2)
     events = list(session.send("loop forever"))
     assert [e.status for e in events if isinstance(e, ToolFinished)] == ["ok", "ok", "limit"]
     assert len(tools.calls) == 2 and len(engine.prompts) == 3
@@ -229,7 +230,7 @@ def test_changing_effort_rewrites_the_system_message_and_keeps_the_history(chat_
 def test_save_then_load_resumes_the_exact_tokens(chat_tokenizer, tmp_path):
     call = "<|channel|>analysis to=python<|message|>print(1)<|call|>"
     tools = FakeTools(python=lambda code: "1\n")
-    session, _ = make(chat_tokenizer, THINK_THEN_ANSWER, call, HELLO, tools=tools, approve=lambda c: True,
+    session, _ = make(chat_tokenizer, THINK_THEN_ANSWER, call, HELLO, tools=tools,
                       options=ChatOptions(current_date="2025-08-05", reasoning_effort="low", instructions="Be brief."))
     list(session.send("Hello"))
     list(session.send("Use python"))

@@ -1,6 +1,6 @@
 """One conversation: the user's turns in, the model's events out, with tokens as the history's truth.
 
-    session = Session(engine, tokenizer, options, tools=runner, approve=ask_user)
+    session = Session(engine, tokenizer, options, tools=runner)
     for event in session.send("What is 17 * 23?"):   # harmony parser events + ToolFinished + RoundDone
         ...
     session.last                                     # TurnResult: final, reasoning, tool calls, stats
@@ -9,10 +9,10 @@ Each turn appends the user's message as tokens (harmony ``Conversation``) and ha
 engine, which keeps the KV cache of the longest common prefix: a follow-up turn prefills only its new tokens (and
 the turn before it, whose reasoning the harmony rules drop). Generated ids are kept verbatim.
 
-Tool loop: when a generation ends on ``<|call|>``, the call is checked (unknown tool, arguments that are not JSON:
-answered to the model as an error), approved through ``approve`` (a denial is reported to the model), run through
-the ``ToolRunner``, and its output appended as a tool message; then generation continues. At most
-``max_tool_calls`` calls run per turn; the next one is answered "not run" and the turn ends.
+Tool loop: when a generation ends on ``<|call|>``, the call goes to the ``ToolRunner``, which resolves it, asks
+for approval and runs it; its answer is appended as a tool message and generation continues. An unknown tool,
+arguments that are not JSON, a denial or a failing tool are answered to the model as errors: the turn goes on.
+At most ``max_tool_calls`` calls run per turn; the next one is answered "not run" and the turn ends.
 
 Ctrl-C: ``cancel()`` (safe from a signal handler) stops generation after the current token; a KeyboardInterrupt
 raised inside the engine does the same. Either way the partial reply stays in the history, closed with <|end|>.
@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, replace
+from datetime import date
 from pathlib import Path
 from typing import Any, Protocol, Union
 
@@ -67,31 +68,30 @@ class Sampling:
 
 @dataclass(frozen=True)
 class ToolOutput:
-    """What a tool gave back: text for the model; ``ok=False`` marks an error the model should see as one."""
+    """A tool's answer. ``status``: ok, error (the tool failed), denied (by the user), invalid (arguments the tool
+    cannot take), unknown (no such tool), external (the caller of ``gptoss run --json`` runs it: the turn ends
+    with the call). ``author`` names the tool in the result message (default: the recipient)."""
 
     content: str
-    ok: bool = True
+    status: str = "ok"
+    author: str | None = None
 
 
 class ToolRunner(Protocol):
-    """The tools room as the session sees it (tools/registry.py implements it)."""
+    """The tools room as the session sees it (chat/tooling.py adapts tools/registry.py to it)."""
 
     def builtin_tools(self) -> tuple[ToolNamespace, ...]: ...  # rendered into the system message
 
     def functions(self) -> tuple[FunctionTool, ...]: ...  # rendered into the developer message
 
-    def has_tool(self, recipient: str) -> bool: ...
-
-    def dispatch(self, recipient: str, arguments: str, channel: str | None) -> ToolOutput: ...
-
-
-Approver = Callable[[ToolCall], bool]
+    def run(self, call: ToolCall) -> ToolOutput:
+        """Resolve the call, ask for approval, run it. Never raises for anything the model wrote."""
+        ...
 
 
 @dataclass(frozen=True)
 class ToolFinished:
-    """A tool call was answered. ``status``: ok, error (the tool failed), denied, invalid (bad JSON),
-    unknown (no such tool), limit (too many calls this turn; not run)."""
+    """A tool call was answered (``status`` as in ToolOutput, or limit: too many calls this turn, not run)."""
 
     call: ToolCall
     status: str
@@ -136,7 +136,7 @@ class ToolRecord:
 @dataclass
 class TurnResult:
     """What one ``send`` produced. ``finish_reason``: stop, length (max tokens), context (context full),
-    cancelled, tool_limit."""
+    cancelled, tool_limit, tool_calls (ended on a call the caller runs)."""
 
     final: str = ""
     reasoning: str = ""
@@ -189,13 +189,12 @@ class Session:
     """One conversation over a ``ChatEngine``; see the module docstring."""
 
     def __init__(self, engine: ChatEngine, tokenizer: Tokenizer, options: ChatOptions = ChatOptions(),
-                 sampling: Sampling = Sampling(), tools: ToolRunner | None = None, approve: Approver | None = None,
+                 sampling: Sampling = Sampling(), tools: ToolRunner | None = None,
                  max_tool_calls: int = DEFAULT_MAX_TOOL_CALLS) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.sampling = sampling
         self.tools = tools
-        self.approve = approve
         self.max_tool_calls = max_tool_calls
         if tools is not None:
             options = replace(options, builtin_tools=tools.builtin_tools(), functions=tools.functions())
@@ -298,7 +297,11 @@ class Session:
                                        " Answer the user with what you have.")
                     result.finish_reason = "tool_limit"
                     return
-                yield self._run_tool(result, call)
+                done = self._run_tool(result, call)
+                yield done
+                if done.status == "external":
+                    result.finish_reason = "tool_calls"
+                    return
                 if self._cancel:
                     result.finish_reason = "cancelled"
                     return
@@ -385,28 +388,25 @@ class Session:
             where = f" (line {call.error.line}, column {call.error.column})" if call.error.line else ""
             return self._answer(result, call, "invalid",
                                 f"Error: {call.error.message}{where}. Send the arguments as one JSON object.")
-        if self.tools is None or not self.tools.has_tool(call.recipient):
-            return self._answer(result, call, "unknown", f"Error: there is no tool {call.recipient!r}."
-                                f" Available: {', '.join(self.tool_names()) or 'none'}.")
+        if self.tools is None:
+            return self._answer(result, call, "unknown",
+                                f"Error: unknown tool {call.recipient!r}; no tools are enabled in this session.")
         try:
-            approved = self.approve(call) if self.approve is not None else False
-        except KeyboardInterrupt:
-            approved = False
+            output = self.tools.run(call)
+        except KeyboardInterrupt:  # Ctrl-C at the approval question or while the tool ran
             self._cancel = True
-        if not approved:
-            return self._answer(result, call, "denied", "The user declined to run this tool call.")
-        try:
-            output = self.tools.dispatch(call.recipient, call.raw, call.channel)
-        except KeyboardInterrupt:
-            self._cancel = True
-            return self._answer(result, call, "error", "Error: the user interrupted the tool.")
+            return self._answer(result, call, "denied", "The user interrupted this tool call.")
         except Exception as exc:  # a tool must never take the chat down
             return self._answer(result, call, "error", f"Error: the tool failed: {type(exc).__name__}: {exc}")
-        return self._answer(result, call, "ok" if output.ok else "error", output.content)
+        if output.status == "external":
+            result.tool_calls.append(ToolRecord(call.recipient, call.channel, call.raw, call.arguments, "external", ""))
+            return ToolFinished(call, "external", "")
+        return self._answer(result, call, output.status, output.content, output.author)
 
-    def _answer(self, result: TurnResult, call: ToolCall, status: str, output: str) -> ToolFinished:
-        self._append({"message": {"role": "tool", "name": call.recipient, "channel": call.channel or "commentary",
-                                  "content": output}})
+    def _answer(self, result: TurnResult, call: ToolCall, status: str, output: str,
+                author: str | None = None) -> ToolFinished:
+        self._append({"message": {"role": "tool", "name": author or call.recipient,
+                                  "channel": call.channel or "commentary", "content": output}})
         result.tool_calls.append(ToolRecord(call.recipient, call.channel, call.raw, call.arguments, status, output))
         return ToolFinished(call, status, output)
 
@@ -466,6 +466,11 @@ class Session:
         self.last = TurnResult()
         self.turns.clear()
         return raw
+
+
+def new_options(effort: str = "medium", instructions: str | None = None) -> ChatOptions:
+    """A new conversation's settings: today's date in the system message, as the reference does."""
+    return ChatOptions(reasoning_effort=effort, current_date=date.today().isoformat(), instructions=instructions or None)
 
 
 def _check_item(item: Any) -> dict[str, Any]:
