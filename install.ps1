@@ -130,7 +130,7 @@ function Find-Python {
             if ($found) { return $found }
         }
     }
-    foreach ($cmd in @(Get-Command python -All -ErrorAction SilentlyContinue)) {
+    foreach ($cmd in @(Get-Command python -All -CommandType Application -ErrorAction SilentlyContinue)) {
         if ($cmd.Path -like '*\WindowsApps\*') { continue }
         $found = Test-Python $cmd.Path @()
         if ($found) { return $found }
@@ -172,7 +172,7 @@ function Set-UserPath([string]$Value) {
     try {
         $key.SetValue('Path', $Value, [Microsoft.Win32.RegistryValueKind]::ExpandString)
     } finally { $key.Close() }
-    Send-EnvironmentChanged
+    Send-EnvironmentChangedOrWarn
 }
 
 function Send-EnvironmentChanged {
@@ -190,25 +190,33 @@ public static extern IntPtr SendMessageTimeout(IntPtr hWnd, uint Msg, UIntPtr wP
         [ref]$result) | Out-Null
 }
 
+function Send-EnvironmentChangedOrWarn {
+    # Add-Type is refused under Constrained Language Mode (locked-down PCs); the PATH is saved all the same.
+    try { Send-EnvironmentChanged } catch {
+        Write-Warn 'could not announce the PATH change; sign out and in again if a new terminal does not find gptoss'
+    }
+}
+
 function Split-PathList([string]$Value) {
+    # Callers wrap the result in @(): PowerShell unrolls a one-element array on return.
     return @($Value -split ';' | Where-Object { $_ -ne '' })
 }
 
 function Add-ToUserPath([string]$Dir) {
-    $entries = Split-PathList (Get-UserPath)
+    $entries = @(Split-PathList (Get-UserPath))
     if ($entries | Where-Object { $_.TrimEnd('\') -ieq $Dir.TrimEnd('\') }) {
         Write-Note "$Dir is already on your PATH"
     } else {
         Set-UserPath (($entries + $Dir) -join ';')
         Write-Note "added $Dir to your user PATH"
     }
-    if (-not ((Split-PathList $env:Path) | Where-Object { $_.TrimEnd('\') -ieq $Dir.TrimEnd('\') })) {
+    if (-not (@(Split-PathList $env:Path) | Where-Object { $_.TrimEnd('\') -ieq $Dir.TrimEnd('\') })) {
         $env:Path = "$Dir;$env:Path"
     }
 }
 
 function Remove-FromUserPath([string]$Dir) {
-    $entries = Split-PathList (Get-UserPath)
+    $entries = @(Split-PathList (Get-UserPath))
     $kept = @($entries | Where-Object { $_.TrimEnd('\') -ine $Dir.TrimEnd('\') })
     if ($kept.Count -ne $entries.Count) {
         Set-UserPath ($kept -join ';')
@@ -257,7 +265,7 @@ function Get-GptossSource {
 }
 
 function Get-NvidiaSmi {
-    $cmd = Get-Command nvidia-smi -ErrorAction SilentlyContinue
+    $cmd = Get-Command nvidia-smi -CommandType Application -ErrorAction SilentlyContinue | Select-Object -First 1
     if ($cmd) { return $cmd.Path }
     $legacy = Join-Path $env:ProgramFiles 'NVIDIA Corporation\NVSMI\nvidia-smi.exe'
     if (Test-Path $legacy) { return $legacy }
@@ -337,7 +345,9 @@ function Install-Gptoss {
     # A copy of pip's gptoss.exe launcher: it names the venv's python.exe by absolute path, so it runs from
     # anywhere, passes Ctrl-C and exit codes straight through, and a re-run refreshes it.
     New-Item -ItemType Directory -Force -Path $Bin | Out-Null
-    Copy-Item -Force (Join-Path $Venv 'Scripts\gptoss.exe') (Join-Path $Bin 'gptoss.exe')
+    try { Copy-Item -Force (Join-Path $Venv 'Scripts\gptoss.exe') (Join-Path $Bin 'gptoss.exe') } catch {
+        throw "Could not update $Bin\gptoss.exe ($($_.Exception.Message)). Close every running gptoss and try again."
+    }
     Add-ToUserPath $Bin
 
     Write-Step 'Checking the installation (gptoss doctor)'
