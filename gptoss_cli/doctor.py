@@ -115,30 +115,24 @@ def triton_install_command(torch_version: str | None, system: str | None = None,
 
 
 def triton_status() -> tuple[bool, str]:
-    """Whether the engine's Triton kernels can run here, and a sentence saying so (or why not, with the fix).
-    Cheap: imports triton and asks torch about the GPU, compiles nothing."""
-    version, error = _import_triton()
-    torch_version = None
-    try:
-        import torch
+    """Whether the engine's Triton kernels can run here, and a sentence saying so or why not, with the fix. The
+    decision is the fast path's own (``model.fast.triton_available``); this adds what to do about it. Cheap:
+    imports triton and asks torch about the GPU, compiles nothing."""
+    import torch
 
-        torch_version = torch.__version__
-        on_gpu = torch.cuda.is_available()
-        capability = torch.cuda.get_device_capability() if on_gpu else None
-    except Exception:  # noqa: BLE001 - a broken torch or driver reads as "no GPU"
-        on_gpu, capability = False, None
+    from .model.fast import triton_available
+
+    version, _ = _import_triton()
+    ok, reason = triton_available()
+    if version is not None and platform.system() == "Windows" and not version.startswith("triton-windows"):
+        return False, (f"{version} is OpenAI's triton, which does not run on Windows; using the slower torch path. "
+                       f"Replace it: pip uninstall triton, then {triton_install_command(torch.__version__)}")
+    if ok:
+        return True, version or "Triton"
     if version is None:
-        return False, (f"Triton does not import ({error}); using the slower torch path. "
-                       f"To install it: {triton_install_command(torch_version)}")
-    if il.os_key(platform.system()) == "windows" and not version.startswith("triton-windows"):
-        return False, ("OpenAI's triton package does not run on Windows; using the slower torch path. Replace it: "
-                       f"pip uninstall triton, then {triton_install_command(torch_version)}")
-    if not on_gpu:
-        return False, f"{version} is installed but there is no CUDA GPU; using the torch path"
-    if capability is not None and capability < il.MIN_CAPABILITY:
-        return False, (f"the Triton kernels need compute capability 8.0 or newer (this GPU is "
-                       f"{capability[0]}.{capability[1]}); using the torch path")
-    return True, f"{version}"
+        install = triton_install_command(torch.__version__)
+        return False, f"{reason}; using the slower torch path. To install it: {install}"
+    return False, f"{reason}; using the torch path"
 
 
 # ---- gathering --------------------------------------------------------------------------------------------
@@ -337,7 +331,8 @@ def _gpu_check(facts: Facts, smi_gpu: il.SmiGpu | None) -> Check:
 def _driver_check(facts: Facts, smi_gpu: il.SmiGpu | None) -> Check:
     if smi_gpu is None:
         if facts.gpus:
-            return Check("driver", "skip", "nvidia-smi not found, so the driver version is unknown (torch sees the GPU)")
+            return Check("driver", "skip", "nvidia-smi not found, so the driver version is unknown "
+                                           "(torch sees the GPU)")
         return Check("driver", "skip", "no NVIDIA driver found")
     newest = il.show_version(il.newest_full_driver(facts.system))
     detail = f"{smi_gpu.driver}"
@@ -435,6 +430,6 @@ def _disk_checks(facts: Facts) -> list[Check]:
     free = f"{_gb(facts.free_bytes)} free ({needs})"
     if facts.free_bytes < small and not facts.pulled:
         return [cache, Check("disk", "warn", free,
-                             f"Free up space, or keep models on another disk: set GPTOSS_MODELS to a folder there "
-                             f"(or pass --models-dir).")]
+                             "Free up space, or keep models on another disk: set GPTOSS_MODELS to a folder there "
+                             "(or pass --models-dir).")]
     return [cache, Check("disk", "ok", free)]

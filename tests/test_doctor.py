@@ -128,7 +128,8 @@ def test_a_triton_that_does_not_pair_with_torch_is_flagged() -> None:
 
 def test_a_torch_without_kernels_for_the_gpu_fails() -> None:
     report = judge(replace(HEALTHY, smi=smi("572.16", RTX5090), gpus=(RTX5090,), torch="2.13.0+cu126",
-                           torch_cuda="12.6", arch_list=("sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86", "sm_90")))
+                           torch_cuda="12.6", arch_list=("sm_50", "sm_60", "sm_70", "sm_75", "sm_80", "sm_86",
+                                                         "sm_90")))
     torch = check(report, "torch")
     assert not report.usable and torch.status == "fail" and "no kernels" in torch.detail
 
@@ -171,12 +172,18 @@ def test_gathering_on_this_machine(tmp_path: Path) -> None:
 def test_triton_status_explains_the_torch_path(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
+    from gptoss_cli.model import fast
+
     ok, reason = doctor.triton_status()
     if not torch.cuda.is_available():
-        assert not ok and "no CUDA GPU" in reason and "torch path" in reason
+        assert not ok and "no CUDA device" in reason and "torch path" in reason
     monkeypatch.setattr(doctor, "_import_triton", lambda: (None, "ModuleNotFoundError: No module named 'triton'"))
+    monkeypatch.setattr(fast, "triton_available", lambda: (False, "Triton is not importable (ModuleNotFoundError)"))
     ok, reason = doctor.triton_status()
     assert not ok and "slower torch path" in reason and "pip install" in reason
+    monkeypatch.setattr(doctor, "_import_triton", lambda: ("triton-windows 3.7.1", None))
+    monkeypatch.setattr(fast, "triton_available", lambda: (True, "ok"))
+    assert doctor.triton_status() == (True, "triton-windows 3.7.1")
     monkeypatch.setattr(doctor, "_import_triton", lambda: ("triton 3.7.1", None))
     monkeypatch.setattr(doctor.platform, "system", lambda: "Windows")
     ok, reason = doctor.triton_status()
@@ -209,7 +216,8 @@ def test_the_command_prints_json_and_exits_by_verdict(monkeypatch, capsys, tmp_p
 
 
 def test_the_command_ends_with_the_next_step(monkeypatch, capsys, tmp_path: Path) -> None:
-    monkeypatch.setattr("gptoss_cli.doctor_view.gather", lambda models_dir=None: replace(HEALTHY, models_dir=str(tmp_path)))
+    healthy = replace(HEALTHY, models_dir=str(tmp_path))
+    monkeypatch.setattr("gptoss_cli.doctor_view.gather", lambda models_dir=None: healthy)
     code, out = run_cli(monkeypatch, capsys)
     assert code == 0
     assert out.rstrip().splitlines()[-1] == "Ready. Next: gptoss pull gpt-oss-20b"
