@@ -40,7 +40,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
-from ..errors import UsageError
+from ..errors import ContextLengthError, UsageError
 from ..harmony import Conversation, MessageEnd, MessageStart, TextDelta, format_tokens_visible
 from ..tools.approval import Decision
 from ..tools.call import ToolCall as ResolvedCall
@@ -193,8 +193,13 @@ def _run(request: RunRequest, prompt: str, tools: RegistryTools | None, stdin: T
     loaded = load_model(request.model, request.device, request.context, request.plan_json, request.models_dir,
                         interactive=interactive)
     session = Session(loaded.engine, loaded.tokenizer, options, request.sampling, tools)
-    with memory_errors("generating", request.model):
-        turn = _stream(session, prompt, request, out, err)
+    try:
+        with memory_errors("generating", request.model):
+            turn = _stream(session, prompt, request, out, err)
+    except ContextLengthError as exc:
+        raise ContextLengthError(exc.message.replace("this message brings the conversation", "the prompt comes"),
+                                 hint="shorten the prompt, or give a larger --context (`gptoss plan` shows what "
+                                      "fits)") from None
     if request.json_out:
         out.write(json.dumps(result_json(loaded.label, turn, loaded.load_seconds), ensure_ascii=False) + "\n")
     out.flush()
