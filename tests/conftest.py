@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a GPU the Triton kernels (kernels/) run under Triton's CPU interpreter. Triton reads this variable when a
+# kernel is defined, so it is set here, before any test module imports gptoss_kernels; nothing else on a CPU-only
+# machine runs Triton, so the rest of the suite is unaffected.
+if "TRITON_INTERPRET" not in os.environ and not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,489 @@
+"""MXFP4 mixture-of-experts block: the torch reference and the Triton kernels (decode GEMV, prefill grouped GEMM).
+
+The math (specs/gpt-oss-model.md §4.6): router logits ``x @ W^T + b``, ``torch.topk`` (sorted), softmax over the k
+selected logits; per selected expert the gate_up projection (rows interleave gate 2j / up 2j+1) plus bias, the
+clamped SwiGLU, the down projection plus bias, weighted by the routing weight and summed over the k experts.
+
+Precision, the same on both paths: router logits and every accumulation in fp32 (so a near tie between two
+logits ranks the same way on both paths), biases in fp32, and the SwiGLU output ``h`` rounded to the activation
+dtype, because the kernels hand it from the gate_up kernel to the down kernel in that dtype (as OpenAI's Triton
+path does). The result is cast to the activation dtype once, after the weighted sum.
+
+MXFP4 is decoded in registers, never into a dense copy. A 4-bit code ``c`` (sign, 2 exponent bits, 1 mantissa bit)
+becomes an fp32 bit pattern with two shifts and a mask: ``((c << 28) >> 6) & 0x81C00000`` puts the sign in bit 31
+and the magnitude bits at 22..24, which reads as ``fp4(c) * 2**-126`` exactly (the code for 0.5 lands on an fp32
+subnormal; the kernels never flush those, fp32 multiply and add keep them). The 2**126 and the block scale
+``2**(s-127)`` are folded into one power of two applied once per 32-element block (decode) or per element (prefill).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from . import mxfp4
+
+# At or below this many tokens the decode path (one GEMV per token and expert) runs; above it, the grouped GEMM.
+DECODE_MAX_TOKENS = 4
+_GROUP = mxfp4.BLOCK  # 32 elements share one scale
+_BYTES = mxfp4.BLOCK // 2  # 16 packed bytes per group
+_SIGN_AND_MAGNITUDE = tl.constexpr(-2118123520)  # 0x81C00000 as a signed int32
+_TWO_POW_126 = tl.constexpr(2.0**126)
+_X_PRESCALE = tl.constexpr(2.0**100)  # GEMV: x * 2**100 keeps fp4 * 2**-126 * x normal; block scales give back 2**26
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reference
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def route(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor,
+          top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [T,H] -> (expert ids int32 [T,k] in descending logit order, routing weights fp32 [T,k])."""
+    logits = x.float() @ router_weight.float().T + router_bias.float()
+    values, ids = torch.topk(logits, top_k, dim=-1, sorted=True)
+    return ids.to(torch.int32), torch.softmax(values, dim=-1)
+
+
+def swiglu_reference(gate_up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
+    """Clamped SwiGLU over interleaved columns (gate even, up odd)."""
+    gate = gate_up[..., 0::2].clamp(max=limit)
+    up = gate_up[..., 1::2].clamp(min=-limit, max=limit)
+    return gate * torch.sigmoid(alpha * gate) * (up + 1)
+
+
+def moe_reference(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor,
+                  gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
+                  down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
+                  top_k: int, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
+    """Plain torch: dequantizes only the experts some token uses (one at a time), fp32 math."""
+    ids, weights = route(x, router_weight, router_bias, top_k)
+    out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+    for e in ids.unique().tolist():
+        tok, slot = torch.where(ids == e)
+        w1 = mxfp4.dequantize(gate_up_blocks[e], gate_up_scales[e], torch.float32)
+        gate_up = x[tok].float() @ w1.T + gate_up_bias[e].float()
+        h = swiglu_reference(gate_up, alpha, limit).to(x.dtype).float()
+        w2 = mxfp4.dequantize(down_blocks[e], down_scales[e], torch.float32)
+        y = h @ w2.T + down_bias[e].float()
+        out.index_add_(0, tok, y * weights[tok, slot, None])
+    return out.to(x.dtype)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Shared Triton pieces
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _e2m1_times_2pow_m126(packed):
+    """uint8 bytes -> (low nibble, high nibble) as fp32 ``fp4 * 2**-126`` (see the module docstring).
+
+    The byte is sign-extended first, so the high nibble's sign already fills bits 8..31: one shift and one mask
+    place it. The low nibble is shifted to the top and back (arithmetic) to replicate its sign bit.
+    """
+    b = packed.to(tl.int8, bitcast=True).to(tl.int32)
+    lo = ((b << 28) >> 6) & _SIGN_AND_MAGNITUDE
+    hi = (b << 18) & _SIGN_AND_MAGNITUDE
+    return lo.to(tl.float32, bitcast=True), hi.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _pow2(biased_exponent):
+    """int32 biased exponent (1..254) -> fp32 ``2**(e - 127)``; 0 gives 0.0 in place of a subnormal."""
+    return (biased_exponent << 23).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _nibbles(w, SHIFT: tl.constexpr):
+    """int32 words -> the nibble at bits SHIFT..SHIFT+3 of each word as fp32 ``fp4 * 2**-126``."""
+    if SHIFT == 28:
+        v = w >> 6
+    else:
+        v = (w << (28 - SHIFT)) >> 6
+    return (v & _SIGN_AND_MAGNITUDE).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _split8(x8):
+    """[..., 8] -> eight [...] tensors, x8[..., c] in position c (splits of in-register dims cost nothing)."""
+    ev, od = tl.split(tl.reshape(x8, [x8.shape[0], x8.shape[1], 4, 2]))
+    e04, e26 = tl.split(tl.reshape(ev, [x8.shape[0], x8.shape[1], 2, 2]))
+    o15, o37 = tl.split(tl.reshape(od, [x8.shape[0], x8.shape[1], 2, 2]))
+    x0, x4 = tl.split(e04)
+    x2, x6 = tl.split(e26)
+    x1, x5 = tl.split(o15)
+    x3, x7 = tl.split(o37)
+    return x0, x1, x2, x3, x4, x5, x6, x7
+
+
+@triton.jit
+def _mxfp4_gemv(x_ptr, x_stride_k, words_ptr, scl_ptr, experts, k_mask, rows, row_mask, R, G,
+                SHARED_X: tl.constexpr, X_PRESCALED: tl.constexpr,
+                K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """acc[j, n] = sum_k W_{experts[j]}[rows[n], k] * x_j[k], fp32 [K_PAD, BLOCK_N], for the k experts of one token.
+
+    ``words_ptr`` is an [E, R, G*4] int32 view of the blocks (4 words per 32-element group, 8 codes per word, little
+    endian: byte i of a word holds elements 2i and 2i+1), ``scl_ptr`` the [E, R, G] scales. x_j is the row
+    ``x_ptr + j * x_stride_k`` (one shared row with SHARED_X), already multiplied by 2**100 with X_PRESCALED.
+
+    Tile [K_PAD experts, BLOCK_N rows, BLOCK_G*4 words]: all experts' bytes are in flight together, a thread owns
+    whole groups (one 16-byte load) and reuses its slice of x across the rows and experts it holds, decodes each
+    word with shifts and masks in place, reduces each group in registers and applies the group's scale once.
+    Cross-thread reductions happen once, after the loop.
+    """
+    W: tl.constexpr = BLOCK_G * 4
+    acc = tl.zeros([K_PAD, BLOCK_N, BLOCK_G], dtype=tl.float32)
+    offs_w = tl.arange(0, W)
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_x = tl.arange(0, W * 8)
+    e64 = experts.to(tl.int64)
+    blk_rows = words_ptr + ((e64 * R)[:, None] + rows[None, :]) * (G * 4)
+    scl_rows = scl_ptr + ((e64 * R)[:, None] + rows[None, :]) * G
+    tile_mask = k_mask[:, None] & row_mask[None, :]
+    # Software prefetch: the next tile is in flight while this one is decoded (the loads feed no tl.dot, so
+    # Triton's pipeliner leaves them alone); past the end the masks turn the loads off.
+    words = tl.load(blk_rows[:, :, None] + offs_w[None, None, :],
+                    mask=tile_mask[:, :, None] & (offs_w < G * 4)[None, None, :], other=0)
+    s = tl.load(scl_rows[:, :, None] + offs_g[None, None, :],
+                mask=tile_mask[:, :, None] & (offs_g < G)[None, None, :], other=0)
+    for g0 in range(0, G, BLOCK_G):
+        cols = (g0 + BLOCK_G) * 4 + offs_w
+        words_next = tl.load(blk_rows[:, :, None] + cols[None, None, :],
+                             mask=tile_mask[:, :, None] & (cols < G * 4)[None, None, :], other=0)
+        gs = g0 + BLOCK_G + offs_g
+        s_next = tl.load(scl_rows[:, :, None] + gs[None, None, :],
+                         mask=tile_mask[:, :, None] & (gs < G)[None, None, :], other=0)
+        ks = g0 * 32 + offs_x
+        if SHARED_X:
+            xv = tl.load(x_ptr + ks, mask=ks < G * 32, other=0.0).to(tl.float32)[None, :]
+        else:
+            xv = tl.load(x_ptr + tl.arange(0, K_PAD)[:, None] * x_stride_k + ks[None, :],
+                         mask=k_mask[:, None] & (ks < G * 32)[None, :], other=0.0).to(tl.float32)
+        if not X_PRESCALED:
+            xv = xv * _X_PRESCALE
+        x0, x1, x2, x3, x4, x5, x6, x7 = _split8(tl.reshape(xv, [xv.shape[0], W, 8]))
+        part = _nibbles(words, 0) * x0[:, None, :]
+        part += _nibbles(words, 4) * x1[:, None, :]
+        part += _nibbles(words, 8) * x2[:, None, :]
+        part += _nibbles(words, 12) * x3[:, None, :]
+        part += _nibbles(words, 16) * x4[:, None, :]
+        part += _nibbles(words, 20) * x5[:, None, :]
+        part += _nibbles(words, 24) * x6[:, None, :]
+        part += _nibbles(words, 28) * x7[:, None, :]
+        part = tl.sum(tl.reshape(part, [K_PAD, BLOCK_N, BLOCK_G, 4]), axis=3)
+        acc += part * _pow2(s.to(tl.int32) + 26)  # 2**(s-127) * 2**126 / 2**100
+        words = words_next
+        s = s_next
+    return tl.sum(acc, axis=2)
+
+
+@triton.jit
+def _swiglu(gate, up, alpha, limit):
+    gate = tl.minimum(gate, limit)
+    up = tl.minimum(tl.maximum(up, -limit), limit)
+    return gate * tl.sigmoid(alpha * gate) * (up + 1.0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decode: router logits; gate_up GEMV with top-k + SwiGLU; down GEMV with the weighted sum over k. Each GEMV
+# program covers all k experts of its token, so their weight bytes stream in together.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _router_logits_kernel(x_ptr, w_ptr, b_ptr, logits_ptr, H, E, stride_x,
+                          BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr):
+    t = tl.program_id(0)
+    es = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    e_mask = es < E
+    acc = tl.zeros([BLOCK_E, BLOCK_H], dtype=tl.float32)
+    for h0 in range(0, H, BLOCK_H):
+        hs = h0 + tl.arange(0, BLOCK_H)
+        h_mask = hs < H
+        xv = tl.load(x_ptr + t * stride_x + hs, mask=h_mask, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + es[:, None] * H + hs[None, :], mask=e_mask[:, None] & h_mask[None, :], other=0.0)
+        acc += w.to(tl.float32) * xv[None, :]
+    logits = tl.sum(acc, axis=1) + tl.load(b_ptr + es, mask=e_mask, other=0.0).to(tl.float32)
+    tl.store(logits_ptr + t * E + es, logits, mask=e_mask)
+
+
+@triton.jit
+def _gate_up_decode_kernel(x_ptr, logits_ptr, ids_ptr, wts_ptr, words_ptr, scl_ptr, bias_ptr, h_ptr,
+                           E, H, I, stride_x, alpha, limit,
+                           TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """One program: BLOCK_N interleaved gate_up rows of each of token t's TOP_K experts. h is stored times 2**100
+    (exact in bf16 and fp32), the prescale the down kernel's decode wants."""
+    t = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    # Top-k by repeated argmax (ties go to the lower index), then the softmax over the k selected logits.
+    offs_e = tl.arange(0, E_PAD)
+    offs_k = tl.arange(0, K_PAD)
+    k_mask = offs_k < TOP_K
+    vals = tl.load(logits_ptr + t * E + offs_e, mask=offs_e < E, other=float("-inf"))
+    top = tl.max(vals, axis=0)
+    experts = tl.zeros([K_PAD], dtype=tl.int32)
+    probs = tl.zeros([K_PAD], dtype=tl.float32)
+    for i in tl.static_range(TOP_K):
+        idx = tl.argmax(vals, axis=0)
+        experts = tl.where(offs_k == i, idx, experts)
+        probs = tl.where(offs_k == i, tl.exp(tl.max(vals, axis=0) - top), probs)
+        vals = tl.where(offs_e == idx, float("-inf"), vals)
+    first = offs_k + pid_n * TOP_K < TOP_K  # the k selections, written once (by the programs with pid_n == 0)
+    tl.store(ids_ptr + t * TOP_K + offs_k, experts, mask=first)
+    tl.store(wts_ptr + t * TOP_K + offs_k, probs / tl.sum(probs, axis=0), mask=first)
+
+    N2 = 2 * I
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < N2
+    acc = _mxfp4_gemv(x_ptr + t * stride_x, 0, words_ptr, scl_ptr, experts, k_mask, rows, row_mask, N2, H // 32,
+                      True, False, K_PAD, BLOCK_N, BLOCK_G)
+    bias = tl.load(bias_ptr + experts.to(tl.int64)[:, None] * N2 + rows[None, :],
+                   mask=k_mask[:, None] & row_mask[None, :], other=0.0)
+    gate, up = tl.split(tl.reshape(acc + bias.to(tl.float32), [K_PAD, BLOCK_N // 2, 2]))
+    h = _swiglu(gate, up, alpha, limit)
+    cols = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    h = h.to(h_ptr.dtype.element_ty).to(tl.float32) * _X_PRESCALE  # round to the activation dtype, then scale
+    tl.store(h_ptr + (t * TOP_K + offs_k)[:, None] * I + cols[None, :], h.to(h_ptr.dtype.element_ty),
+             mask=k_mask[:, None] & (cols < I)[None, :])
+
+
+@triton.jit
+def _down_decode_kernel(h_ptr, ids_ptr, wts_ptr, words_ptr, scl_ptr, bias_ptr, out_ptr, H, I,
+                        TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+    """One program: BLOCK_N output columns of token t, summed over its TOP_K experts in registers (no atomics)."""
+    t = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    row_mask = rows < H
+    offs_k = tl.arange(0, K_PAD)
+    k_mask = offs_k < TOP_K
+    experts = tl.load(ids_ptr + t * TOP_K + offs_k, mask=k_mask, other=0)
+    acc = _mxfp4_gemv(h_ptr + t * TOP_K * I, I, words_ptr, scl_ptr, experts, k_mask, rows, row_mask, H, I // 32,
+                      False, True, K_PAD, BLOCK_N, BLOCK_G)
+    bias = tl.load(bias_ptr + experts.to(tl.int64)[:, None] * H + rows[None, :],
+                   mask=k_mask[:, None] & row_mask[None, :], other=0.0)
+    weights = tl.load(wts_ptr + t * TOP_K + offs_k, mask=k_mask, other=0.0)
+    out = tl.sum((acc + bias.to(tl.float32)) * weights[:, None], axis=0)
+    tl.store(out_ptr + t * H + rows, out.to(out_ptr.dtype.element_ty), mask=row_mask)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prefill: token-expert pairs sorted by expert, one grouped GEMM per projection
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _decode_tile(blk_ptr, scl_ptr, rows, row_mask, kk, G, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                 dtype: tl.constexpr):
+    """Dense [BLOCK_N, BLOCK_K] weight tile (columns kk*BLOCK_K ...) of one expert, scaled, in ``dtype``."""
+    KB: tl.constexpr = BLOCK_K // 2
+    KG: tl.constexpr = BLOCK_K // 32
+    cols = kk * KB + tl.arange(0, KB)
+    col_mask = cols < G * 16
+    packed = tl.load(blk_ptr + rows[:, None] * (G * 16) + cols[None, :],
+                     mask=row_mask[:, None] & col_mask[None, :], other=0)
+    lo, hi = _e2m1_times_2pow_m126(packed)
+    w = tl.interleave(lo, hi) * _TWO_POW_126  # [BLOCK_N, BLOCK_K] exact fp4 values
+    gs = kk * KG + tl.arange(0, KG)
+    s = tl.load(scl_ptr + rows[:, None] * G + gs[None, :], mask=row_mask[:, None] & (gs < G)[None, :], other=0)
+    w = tl.reshape(w, [BLOCK_N, KG, 32]) * _pow2(s.to(tl.int32))[:, :, None]
+    return tl.reshape(w, [BLOCK_N, BLOCK_K]).to(dtype)
+
+
+@triton.jit
+def _tile_segment(meta_ptr, E, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
+    """Which expert the M tile ``program_id(0)`` belongs to, and its sorted rows [start, end)."""
+    pid_m = tl.program_id(0)
+    offs_e = tl.arange(0, E_PAD)
+    tile_end = tl.load(meta_ptr + E + offs_e, mask=offs_e < E, other=2**30)
+    e = tl.sum((tile_end <= pid_m).to(tl.int32), axis=0)
+    valid = e < E
+    e = tl.minimum(e, E - 1)
+    tile_start = tl.load(meta_ptr + e)
+    seg_start = tl.load(meta_ptr + 2 * E + e)
+    seg_end = seg_start + tl.load(meta_ptr + 3 * E + e)
+    start = seg_start + (pid_m - tile_start) * BLOCK_M
+    end = tl.where(valid, seg_end, start)
+    return e, valid, start, end
+
+
+@triton.jit
+def _gate_up_grouped_kernel(x_ptr, order_ptr, meta_ptr, blk_ptr, scl_ptr, bias_ptr, h_ptr,
+                            E, H, I, stride_x, alpha, limit,
+                            TOP_K: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    e, valid, start, end = _tile_segment(meta_ptr, E, BLOCK_M, E_PAD)
+    G = H // 32
+    N2 = 2 * I
+    rows_m = start + tl.arange(0, BLOCK_M)
+    m_mask = rows_m < end
+    tok = tl.load(order_ptr + rows_m, mask=m_mask, other=0) // TOP_K
+    rows_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = rows_n < N2
+    e64 = e.to(tl.int64)
+    blk = blk_ptr + e64 * N2 * G * 16
+    scl = scl_ptr + e64 * N2 * G
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    n_k = tl.where(valid, tl.cdiv(H, BLOCK_K), 0)
+    for kk in range(n_k):
+        ks = kk * BLOCK_K + offs_k
+        a = tl.load(x_ptr + tok[:, None] * stride_x + ks[None, :], mask=m_mask[:, None] & (ks < H)[None, :],
+                    other=0.0)
+        w = _decode_tile(blk, scl, rows_n, n_mask, kk, G, BLOCK_N, BLOCK_K, DOT_DTYPE)
+        acc = tl.dot(a.to(DOT_DTYPE), tl.trans(w), acc, input_precision="ieee")
+    acc += tl.load(bias_ptr + e64 * N2 + rows_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    gate, up = tl.split(tl.reshape(acc, [BLOCK_M, BLOCK_N // 2, 2]))
+    h = _swiglu(gate, up, alpha, limit)
+    cols = tl.program_id(1) * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
+    tl.store(h_ptr + rows_m[:, None] * I + cols[None, :], h.to(h_ptr.dtype.element_ty),
+             mask=m_mask[:, None] & (cols < I)[None, :])
+
+
+@triton.jit
+def _down_grouped_kernel(h_ptr, order_ptr, wts_ptr, meta_ptr, blk_ptr, scl_ptr, bias_ptr, y_ptr,
+                         E, H, I,
+                         E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                         BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    e, valid, start, end = _tile_segment(meta_ptr, E, BLOCK_M, E_PAD)
+    G = I // 32
+    rows_m = start + tl.arange(0, BLOCK_M)
+    m_mask = rows_m < end
+    rows_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = rows_n < H
+    e64 = e.to(tl.int64)
+    blk = blk_ptr + e64 * H * G * 16
+    scl = scl_ptr + e64 * H * G
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    n_k = tl.where(valid, tl.cdiv(I, BLOCK_K), 0)
+    for kk in range(n_k):
+        ks = kk * BLOCK_K + offs_k
+        a = tl.load(h_ptr + rows_m[:, None] * I + ks[None, :], mask=m_mask[:, None] & (ks < I)[None, :], other=0.0)
+        w = _decode_tile(blk, scl, rows_n, n_mask, kk, G, BLOCK_N, BLOCK_K, DOT_DTYPE)
+        acc = tl.dot(a.to(DOT_DTYPE), tl.trans(w), acc, input_precision="ieee")
+    acc += tl.load(bias_ptr + e64 * H + rows_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
+    pair = tl.load(order_ptr + rows_m, mask=m_mask, other=0)
+    acc *= tl.load(wts_ptr + pair, mask=m_mask, other=0.0)[:, None]
+    tl.store(y_ptr + pair.to(tl.int64)[:, None] * H + rows_n[None, :], acc, mask=m_mask[:, None] & n_mask[None, :])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Wrappers
+# ---------------------------------------------------------------------------------------------------------------
+
+# Launch shapes, chosen on an H200 (see .notes/kernels.md); the benchmark script overrides them to sweep.
+DECODE_CONFIG = {"gate_up": {"BLOCK_N": 16, "BLOCK_G": 8, "num_warps": 4},
+                 "down": {"BLOCK_N": 16, "BLOCK_G": 8, "num_warps": 4}}
+PREFILL_CONFIG = {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
+PREFILL_CONFIG_FP32 = {"BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
+    """The operand dtype of tl.dot: the activation dtype (fp32 dots run in full "ieee" precision). Triton's CPU
+    interpreter multiplies bf16 bit patterns as integers in tl.dot, so there bf16 operands are widened to fp32 first,
+    which gives the same exact products a bf16 MMA accumulates in fp32."""
+    if dtype == torch.float32 or (dtype == torch.bfloat16 and _interpreting()):
+        return tl.float32
+    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+
+
+def _words(blocks: torch.Tensor) -> torch.Tensor:
+    """The packed bytes viewed as int32 words (no copy): the GEMV kernels decode 8 codes per word."""
+    return blocks.contiguous().view(torch.int32)
+
+
+def _check(x: torch.Tensor, gate_up_blocks: torch.Tensor, down_blocks: torch.Tensor, top_k: int) -> None:
+    if not (x.is_cuda or _interpreting()):
+        raise ValueError("the Triton MoE needs CUDA tensors (or TRITON_INTERPRET=1); use moe_reference on the CPU")
+    E, _, G, nb = gate_up_blocks.shape
+    if nb != _BYTES or G * _GROUP != x.shape[1] or down_blocks.shape[:2] != (E, x.shape[1]):
+        raise ValueError(f"MXFP4 expert shapes {tuple(gate_up_blocks.shape)} / {tuple(down_blocks.shape)} do not "
+                         f"fit hidden size {x.shape[1]}")
+    if not 1 <= top_k <= E:
+        raise ValueError(f"top_k must be in 1..{E}, got {top_k}")
+
+
+def moe_decode(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor,
+               gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
+               down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
+               top_k: int, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
+    """Few tokens: router logits, then a GEMV over the token's k experts for gate_up+SwiGLU (top-k inside) and one
+    for down (summing the k experts in registers). Three launches, no host synchronisation (CUDA-graph safe)."""
+    _check(x, gate_up_blocks, down_blocks, top_k)
+    x = x.contiguous()
+    T, H = x.shape
+    E, N2 = gate_up_blocks.shape[:2]
+    I = N2 // 2
+    logits = torch.empty(T, E, dtype=torch.float32, device=x.device)
+    _router_logits_kernel[(T, triton.cdiv(E, 4))](x, router_weight, router_bias, logits, H, E, x.stride(0),
+                                                  BLOCK_E=4, BLOCK_H=256)
+    ids = torch.empty(T * top_k, dtype=torch.int32, device=x.device)
+    wts = torch.empty(T * top_k, dtype=torch.float32, device=x.device)
+    h = torch.empty(T * top_k, I, dtype=x.dtype, device=x.device)
+    k_pad = triton.next_power_of_2(top_k)
+    cfg = DECODE_CONFIG["gate_up"]
+    _gate_up_decode_kernel[(T, triton.cdiv(N2, cfg["BLOCK_N"]))](
+        x, logits, ids, wts, _words(gate_up_blocks), gate_up_scales, gate_up_bias, h, E, H, I, x.stride(0),
+        float(alpha), float(limit), TOP_K=top_k, K_PAD=k_pad, E_PAD=triton.next_power_of_2(E), **cfg)
+    out = torch.empty_like(x)
+    cfg = DECODE_CONFIG["down"]
+    _down_decode_kernel[(T, triton.cdiv(H, cfg["BLOCK_N"]))](
+        h, ids, wts, _words(down_blocks), down_scales, down_bias, out, H, I, TOP_K=top_k, K_PAD=k_pad, **cfg)
+    return out
+
+
+def moe_prefill(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor,
+                gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
+                down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
+                top_k: int, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
+    """Many tokens: sort the (token, expert) pairs by expert, grouped GEMM for gate_up+SwiGLU, grouped GEMM for
+    down with the routing weight, then a sum over the k pairs of each token. No host synchronisation."""
+    _check(x, gate_up_blocks, down_blocks, top_k)
+    x = x.contiguous()
+    T, H = x.shape
+    E, N2 = gate_up_blocks.shape[:2]
+    I = N2 // 2
+    P = T * top_k
+    ids, wts = route(x, router_weight, router_bias, top_k)
+    flat = ids.flatten().long()
+    order = torch.sort(flat, stable=True).indices.to(torch.int32)
+    counts = torch.zeros(E, dtype=torch.int64, device=x.device).scatter_add_(0, flat, torch.ones_like(flat))
+    per_expert = P / E
+    block_m = 16 if per_expert <= 16 else (32 if per_expert <= 32 else (64 if per_expert <= 128 else 128))
+    tiles = (counts + block_m - 1) // block_m
+    tile_end = tiles.cumsum(0)
+    seg_end = counts.cumsum(0)
+    meta = torch.stack((tile_end - tiles, tile_end, seg_end - counts, counts)).to(torch.int32).contiguous()
+    n_m = P // block_m + E
+    # fp32 operands take 4x the shared memory and registers of bf16 ones: smaller tiles (a test/debug path).
+    cfg = dict(PREFILL_CONFIG) if x.dtype != torch.float32 else dict(PREFILL_CONFIG_FP32)
+    dot_dtype = _dot_dtype(x.dtype)
+    e_pad = triton.next_power_of_2(E)
+    h = torch.empty(P, I, dtype=x.dtype, device=x.device)
+    _gate_up_grouped_kernel[(n_m, triton.cdiv(N2, cfg["BLOCK_N"]))](
+        x, order, meta, gate_up_blocks, gate_up_scales, gate_up_bias, h, E, H, I, x.stride(0),
+        float(alpha), float(limit), TOP_K=top_k, E_PAD=e_pad, BLOCK_M=block_m, DOT_DTYPE=dot_dtype, **cfg)
+    y = torch.empty(P, H, dtype=torch.float32, device=x.device)
+    _down_grouped_kernel[(n_m, triton.cdiv(H, cfg["BLOCK_N"]))](
+        h, order, wts.flatten().contiguous(), meta, down_blocks, down_scales, down_bias, y, E, H, I,
+        E_PAD=e_pad, BLOCK_M=block_m, DOT_DTYPE=dot_dtype, **cfg)
+    return y.view(T, top_k, H).sum(1).to(x.dtype)
+
+
+def moe(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor,
+        gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
+        down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
+        top_k: int, alpha: float = 1.702, limit: float = 7.0) -> torch.Tensor:
+    """x [T,H] -> [T,H] with the Triton kernels: the decode path for a few tokens, grouped GEMMs above that."""
+    path = moe_decode if x.shape[0] <= DECODE_MAX_TOKENS else moe_prefill
+    return path(x, router_weight, router_bias, gate_up_blocks, gate_up_scales, gate_up_bias,
+                down_blocks, down_scales, down_bias, top_k, alpha, limit)

@@ -1,0 +1,82 @@
+"""RMSNorm, optionally fused with the residual add before it: torch reference and Triton kernel.
+
+Math (specs/gpt-oss-model.md §4.2): statistics in fp32, ``x * rsqrt(mean(x^2) + eps)``, times the weight in fp32,
+cast to the activation dtype. The fused form first forms the new residual ``x + delta`` in the activation dtype
+(one rounding, as ``x + delta`` in torch), returns it, and normalises it: one read of each input and one write of
+each output instead of the half-dozen element-wise launches torch needs (it matters at decode, where each is a launch).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    t = x.float()
+    t = t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + eps)
+    return (t * weight.float()).to(x.dtype)
+
+
+def add_rms_norm_reference(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
+                           eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> (x + delta, rms_norm(x + delta))."""
+    residual = x + delta
+    return residual, rms_norm_reference(residual, weight, eps)
+
+
+@triton.jit
+def _rms_norm_kernel(x_ptr, delta_ptr, w_ptr, res_ptr, y_ptr, H, stride_x, stride_d, stride_r, stride_y, eps,
+                     HAS_DELTA: tl.constexpr, BLOCK_H: tl.constexpr):
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK_H)
+    mask = offs < H
+    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
+    if HAS_DELTA:
+        x = (x.to(tl.float32) + tl.load(delta_ptr + row * stride_d + offs, mask=mask, other=0.0).to(tl.float32))
+        x = x.to(res_ptr.dtype.element_ty)
+        tl.store(res_ptr + row * stride_r + offs, x, mask=mask)
+    xf = x.to(tl.float32)
+    inv = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / H + eps)
+    y = xf * inv * tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
+    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+        raise ValueError("the Triton RMSNorm needs CUDA tensors (or TRITON_INTERPRET=1); use the reference")
+    if x.dim() != 2 or weight.shape != (x.shape[1],) or x.stride(1) != 1:
+        raise ValueError(f"RMSNorm wants x [T, H] (contiguous rows) and weight [H], got {tuple(x.shape)} and "
+                         f"{tuple(weight.shape)}")
+
+
+def _num_warps(h: int) -> int:
+    return 4 if h <= 4096 else 8
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """x [T, H] -> [T, H] in x's dtype, one program per row."""
+    _check(x, weight)
+    T, H = x.shape
+    y = torch.empty_like(x)
+    _rms_norm_kernel[(T,)](x, x, weight, y, y, H, x.stride(0), 0, 0, y.stride(0), float(eps), HAS_DELTA=False,
+                           BLOCK_H=triton.next_power_of_2(H), num_warps=_num_warps(H))
+    return y
+
+
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x [T, H], delta [T, H]) -> (x + delta, rms_norm(x + delta)), both in x's dtype, in one pass."""
+    _check(x, weight)
+    if delta.shape != x.shape or delta.stride(1) != 1:
+        raise ValueError(f"residual delta {tuple(delta.shape)} does not match x {tuple(x.shape)}")
+    T, H = x.shape
+    residual = torch.empty_like(x)
+    y = torch.empty_like(x)
+    _rms_norm_kernel[(T,)](x, delta, weight, residual, y, H, x.stride(0), delta.stride(0), residual.stride(0),
+                           y.stride(0), float(eps), HAS_DELTA=True, BLOCK_H=triton.next_power_of_2(H),
+                           num_warps=_num_warps(H))
+    return residual, y

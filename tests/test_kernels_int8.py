@@ -1,0 +1,47 @@
+"""Weight-only int8 linear: the quantiser, and the Triton GEMV (few rows) and GEMM (many rows) against the reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the kernels are Triton programs")
+
+from gptoss_kernels import int8  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def test_quantize_is_per_row_symmetric_within_half_a_step() -> None:
+    w = torch.randn(33, 70) * torch.logspace(-3, 1, 33)[:, None]
+    w[5] = 0.0
+    q, scale = int8.quantize_int8(w)
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (33,)
+    assert q.abs().max() == 127 and q.min() >= -127
+    assert torch.all((q.float() * scale[:, None] - w).abs() <= scale[:, None] / 2 + 1e-6 * w.abs())
+    assert scale[5] == 1.0 and not q[5].any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("T,N,K,bias", [(1, 37, 200, True), (3, 100, 300, False), (4, 16, 4, True),
+                                        (9, 70, 132, True), (33, 130, 68, False)])
+def test_linear_int8_matches_reference(T: int, N: int, K: int, bias: bool, dtype: torch.dtype) -> None:
+    """fp32: only the summation order differs (1e-6 of the scale). bf16: the output is rounded to bf16 (truncated by
+    Triton's CPU interpreter), up to 2**-7 relative, and the GEMM's bf16 products are exact."""
+    gen = torch.Generator().manual_seed(T * N + K)
+    q, scale = int8.quantize_int8(torch.randn(N, K, generator=gen))
+    b = torch.randn(N, generator=gen).to(dtype).to(DEVICE) if bias else None
+    x = torch.randn(T, K, generator=gen).to(dtype).to(DEVICE)
+    q, scale = q.to(DEVICE), scale.to(DEVICE)
+    ref = int8.linear_int8_reference(x, q, scale, b)
+    out = int8.linear_int8(x, q, scale, b)
+    assert out.shape == (T, N) and out.dtype == dtype
+    big = ref.float().abs().max().item()
+    tol = dict(rtol=1e-5, atol=1e-5 * big) if dtype == torch.float32 else dict(rtol=2**-7, atol=2**-7 * big)
+    torch.testing.assert_close(out.float(), ref.float(), **tol)
+
+
+def test_linear_int8_rejects_k_not_divisible_by_four() -> None:
+    q, scale = int8.quantize_int8(torch.randn(8, 6))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        int8.linear_int8(torch.randn(1, 6, device=DEVICE), q.to(DEVICE), scale.to(DEVICE), None)
