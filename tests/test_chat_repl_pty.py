@@ -40,7 +40,7 @@ def transcript(tmp_path: Path) -> str:
 
 def say(child: "pexpect.spawn", text: str) -> None:
     child.expect(PROMPT)
-    child.send(text + "\r")  # a terminal's Enter is CR (LF is Ctrl-J: a new line in the message)
+    child.send(text + "\r")  # a terminal's Enter is CR
 
 
 def quit_with_ctrl_d(child: "pexpect.spawn") -> int:
@@ -152,24 +152,32 @@ def test_tool_call_is_shown_approved_and_run(tmp_path):
     assert child.exitstatus == 0
 
 
-def test_multiline_input_with_a_fence_and_ctrl_j(tmp_path):
-    script = write_script(tmp_path / "script.json", ["<|channel|>final<|message|>One.<|return|>",
-                                                     "<|channel|>final<|message|>Two.<|return|>"])
+def test_multiline_input_and_typing_ahead_during_a_reply(tmp_path):
+    script = write_script(tmp_path / "script.json", [
+        "<|channel|>final<|message|>One.<|return|>",
+        "<|channel|>final<|message|>Two " + "two " * 60 + "end.<|return|>",
+        "<|channel|>final<|message|>Three.<|return|>"], delay=0.02)
     child = spawn(tmp_path, ["chat", "--no-python"], script)
     say(child, '"""first line')
     child.send("second line\r")
     child.send('"""\r')
     child.expect("One.")
-    say(child, "")
-    child.sendcontrol("j")
-    child.send("more\r")
-    child.expect("Two.")
+    child.expect(PROMPT)
+    child.send("line a")
+    child.send("\x1b\r")  # Alt-Enter (Esc, Enter): a new line, not sent
+    child.send("line b\r")
+    child.expect("Two two")
+    child.send("typed ahead\r")  # while the reply streams: the tty turns this Enter into LF; it still sends
+    child.expect("end.")
+    child.expect("Three.")
     say(child, f"/save {tmp_path / 'ml.json'}")
     child.expect("saved")
     assert quit_with_ctrl_d(child) == 0
     users = [item["message"]["content"] for item in json.loads((tmp_path / "ml.json").read_text())["items"]
              if "message" in item and item["message"]["role"] == "user"]
-    assert users == ["first line\nsecond line", "more"]
+    assert users == ["first line\nsecond line", "line a\nline b", "typed ahead"]
+    streamed = transcript(tmp_path).split("Two two")[1].split("end.")[0]
+    assert "typed ahead" not in streamed  # not echoed into the streaming reply
     history = (tmp_path / "data" / "gptoss" / "chat_history").read_text()
     assert "second line" in history  # the input history file lives in the user data dir
 

@@ -269,3 +269,12 @@ def test_reset_forgets_the_history_but_keeps_the_system_prompt_cached(chat_token
     assert engine.prompts[1] == engine.prompts[0]
     assert session.last.reused_tokens == len(engine.prompts[0]) - 1
     assert engine.prompts[0].count(START) == 3 and CALL not in engine.prompts[0]
+
+
+def test_an_engine_failure_before_any_token_leaves_the_conversation_as_it_was(chat_tokenizer):
+    session, engine = make(chat_tokenizer, HELLO)
+    list(session.send("Hello"))
+    before, last = session.tokens(), session.last
+    with pytest.raises(RuntimeError, match="no scripted response left"):
+        list(session.send("Again"))
+    assert session.tokens() == before and session.last is last and len(session.turns) == 1

@@ -44,6 +44,7 @@ def test_on_a_terminal_the_answer_is_rendered_as_markdown_and_reasoning_dimmed(c
     assert "\x1b[2;3mT" in raw and "They want a list." in strip_ansi(raw)  # dim italic, streamed
     # The answer streamed as plain text in a live region, which was then erased and replaced by its rendering.
     streamed, rendered = raw.rsplit("\x1b[2K", 1)
+    assert raw.index("\x1b[?7l") < raw.index("Some **bold**") < raw.index("\x1b[?7h")  # no wrapping while live
     assert "Some **bold** text." in strip_ansi(streamed)
     assert "**" not in rendered and "\x1b[1mbold\x1b[0m" in rendered and "• a" in strip_ansi(rendered)
 

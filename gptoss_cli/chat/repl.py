@@ -1,6 +1,6 @@
 """``gptoss chat``: the interactive conversation (prompt_toolkit for input, view.py for output).
 
-Keys: Enter sends; Alt-Enter or Ctrl-J adds a line; a message starting with three double quotes runs until the
+Keys: Enter sends; Alt-Enter (or Esc, then Enter) adds a line; a message starting with three double quotes runs until the
 closing three quotes (paste-friendly; pasted text never sends itself either, thanks to bracketed paste).
 Ctrl-C stops the reply being generated (the partial reply stays; press it twice if the model is busy reading a
 long prompt) and clears the input line at the prompt; Ctrl-D on an empty line quits. Input history is kept in
@@ -48,7 +48,7 @@ COMMANDS: dict[str, str] = {
 }
 ARGUMENTS = {"/effort": REASONING_EFFORTS, "/reasoning": ("show", "hide"), "/system": ("clear",)}
 FENCE = '"""'
-KEYS_HELP = ('Enter sends · Alt-Enter or Ctrl-J adds a line · """ starts a multi-line block · '
+KEYS_HELP = ('Enter sends · Alt-Enter (or Esc, Enter) adds a line · """ starts a multi-line block · '
              "Ctrl-C stops a reply · Ctrl-D quits")
 
 
@@ -158,7 +158,7 @@ class Repl:
         except GptossError as exc:
             self.view.error(exc.message, exc.hint)
             return
-        with _ctrl_c_cancels(self.session):
+        with _ctrl_c_cancels(self.session), _no_echo(self.stdin):
             try:
                 with memory_errors("generating", self.loaded.label):
                     self.view.render(stream)
@@ -168,11 +168,13 @@ class Repl:
             except GptossError as exc:
                 stream.close()
                 self.view.error(exc.message, exc.hint)
+                return
             except Exception as exc:  # keep the session alive; --debug shows the traceback
                 stream.close()
                 if _debug():
                     raise
                 self.view.error(f"{type(exc).__name__}: {exc}", "run with --debug for the traceback")
+                return
         turn = self.session.last
         if turn.finish_reason == "cancelled":
             self.view.note("stopped · the partial reply is kept in the conversation")
@@ -260,6 +262,11 @@ class Repl:
         model = raw.get("model") or "?"
         self.view.note(f"loaded {self.session.messages} messages ({self.session.context_used:,} tokens) from {arg}"
                        f" · saved with {model} · reasoning {self.session.options.reasoning_effort}")
+        saved = self.session.tool_names()
+        running = [name for name, _, _ in self.tools.listing()] if self.tools is not None else []
+        if sorted(saved) != sorted(running):  # the tokens say what the model was told; calls go to this chat's tools
+            self.view.note(f"the conversation was saved with tools: {', '.join(saved) or 'none'}; this chat runs: "
+                           f"{', '.join(running) or 'none'}", style="yellow")
 
     def cmd_stats(self, arg: str) -> None:
         s, info = self.session, self.loaded
@@ -289,7 +296,10 @@ def approval_question(view: ChatView, interactive: bool) -> Callable[[ResolvedCa
         from prompt_toolkit import prompt
 
         while True:
-            answer = prompt([("bold yellow", f"Run {call.tool}? [y]es once · [a]lways for {call.tool} · [n]o: ")])
+            try:
+                answer = prompt([("bold yellow", f"Run {call.tool}? [y]es once · [a]lways for {call.tool} · [n]o: ")])
+            except EOFError:
+                return "deny"
             choice = answer.strip().lower()[:1]
             if choice in ("y", "a", "n", ""):
                 return "once" if choice == "y" else "always" if choice == "a" else "deny"
@@ -327,6 +337,27 @@ def _ctrl_c_cancels(session: Session) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
+@contextmanager
+def _no_echo(stdin: TextIO) -> Iterator[None]:
+    """While a reply streams, keys typed ahead are not echoed (an echoed Enter would shift the live region);
+    prompt_toolkit shows them at the next prompt. POSIX terminals only; Ctrl-C still interrupts."""
+    try:
+        import termios
+
+        fd = stdin.fileno()
+        saved = termios.tcgetattr(fd)
+    except (ImportError, OSError, ValueError, AttributeError):
+        yield
+        return
+    quiet = list(saved)
+    quiet[3] &= ~termios.ECHO
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, saved)
+
+
 def _key_bindings() -> Any:
     from prompt_toolkit.filters import completion_is_selected
     from prompt_toolkit.key_binding import KeyBindings
@@ -345,8 +376,11 @@ def _key_bindings() -> Any:
         else:
             buffer.validate_and_handle()
 
+    @kb.add("c-j", filter=~completion_is_selected)  # what Enter typed ahead during a reply arrives as (ICRNL)
+    def _send_typed_ahead(event: Any) -> None:
+        _send(event)
+
     @kb.add("escape", "enter")
-    @kb.add("c-j")
     def _newline(event: Any) -> None:
         event.current_buffer.insert_text("\n")
 

@@ -281,7 +281,8 @@ class Session:
         return self._turn()
 
     def _turn(self) -> Iterator[Event]:
-        result = self.last = TurnResult()
+        previous, result = self.last, TurnResult()
+        self.last = result
         self.turns.append(result)
         started = time.perf_counter()
         calls = 0
@@ -305,6 +306,13 @@ class Session:
                 if self._cancel:
                     result.finish_reason = "cancelled"
                     return
+        except Exception:
+            if result.completion_tokens == 0 and len(result.rounds) <= 1:  # failed before any reply: as if unsent
+                self._items.pop()
+                self._rebuild()
+                self.turns.pop()
+                self.last = previous
+            raise
         finally:
             result.seconds = time.perf_counter() - started
 
@@ -326,6 +334,7 @@ class Session:
         stats = RoundStats(prompt_tokens=len(prompt))
         result.rounds.append(stats)
         s = self.sampling
+        before = self.engine.stats  # engines replace their stats object when a generation starts
         stream = self.engine.generate(prompt, budget, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                                       seed=s.seed, should_stop=lambda: self._cancel)
         interrupted = False
@@ -344,7 +353,8 @@ class Session:
                 in_analysis, call, stop_token = self._note(event, result, in_analysis, call, stop_token)
                 yield event
         finally:
-            self._copy_stats(stats)
+            if self.engine.stats is not before:
+                self._copy_stats(stats)
             if interrupted or self._cancel:
                 stats.finish_reason = "cancelled"
             if generated:

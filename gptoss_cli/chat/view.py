@@ -2,7 +2,8 @@
 
 On a terminal the answer streams as plain text in a live region that shows its last screenful, and is replaced
 by its Markdown rendering once complete: nothing is re-laid-out while it streams, and the scrollback keeps
-only the rendered answer. Reasoning streams dimmed (``show``) or collapses to a one-line summary (``hide``).
+only the rendered answer. The terminal's line wrapping is off while the region is live, so its height is
+always what rich will erase, whatever the text's scripts. Reasoning streams dimmed (``show``) or collapses to a one-line summary (``hide``).
 Off a terminal (a pipe, a file, TERM=dumb) everything is written once, as plain text, with no cursor tricks.
 Colours follow rich, which honours NO_COLOR (and FORCE_COLOR).
 """
@@ -79,18 +80,22 @@ class ChatView:
         self.show_reasoning = show_reasoning
         self.fancy = console.is_terminal and not console.is_dumb_terminal
         self._block: _Block | None = None
+        self._waiting: Live | None = None
 
     # ---- one reply -------------------------------------------------------------------------------------------
     def render(self, events: Iterable[object]) -> None:
         """Consume and draw a reply's events; leaves the screen clean if interrupted midway."""
+        self._wait()
         try:
             for event in events:
                 self.handle(event)
         finally:
+            self._done_waiting()
             self.close_block()
 
     def handle(self, event: object) -> None:
         if isinstance(event, MessageStart):
+            self._done_waiting()
             self.close_block()
             self._open(event)
         elif isinstance(event, TextDelta):
@@ -98,9 +103,24 @@ class ChatView:
         elif isinstance(event, MessageEnd):
             self.close_block()
         elif isinstance(event, ToolCall):
+            self._done_waiting()
             self.show_call(event)
         elif isinstance(event, ToolFinished):
             self.show_result(event)
+            self._wait()  # the model now reads the tool's answer
+
+    def _wait(self) -> None:
+        """A spinner while the model reads its prompt (before the first token of a message shows)."""
+        if self.fancy and self._waiting is None:
+            self._waiting = Live(Spinner("dots", Text(" …", style="dim")), console=self.console, transient=True,
+                                 refresh_per_second=REFRESH_PER_SECOND, redirect_stdout=False,
+                                 redirect_stderr=False)
+            self._waiting.start()
+
+    def _done_waiting(self) -> None:
+        if self._waiting is not None:
+            self._waiting.stop()
+            self._waiting = None
 
     def _open(self, start: MessageStart) -> None:
         if start.role != "assistant":
@@ -125,8 +145,17 @@ class ChatView:
                 block.live = Live(block.tail, console=self.console, transient=True,
                                   refresh_per_second=REFRESH_PER_SECOND, redirect_stdout=False, redirect_stderr=False)
         if block.live is not None:
+            if block.tail is not None:
+                self._autowrap(False)
             block.live.start()
         self._block = block
+
+    def _autowrap(self, on: bool) -> None:
+        """DECAWM. Off while the live answer is redrawn: a line the terminal measures wider than rich does (some
+        scripts, emoji) is then clipped instead of wrapped, so the region's height stays what rich erases."""
+        if not self.console.legacy_windows:
+            self.console.file.write("\x1b[?7h" if on else "\x1b[?7l")
+            self.console.file.flush()
 
     @staticmethod
     def _thinking(block: _Block) -> Spinner:
@@ -155,6 +184,8 @@ class ChatView:
             return
         if block.live is not None:
             block.live.stop()
+            if block.tail is not None:
+                self._autowrap(True)
         if block.kind == "reasoning":
             if self.show_reasoning:
                 self.console.print()
