@@ -69,9 +69,9 @@ def test_a_finished_turns_reasoning_is_dropped_and_only_the_rest_reprefilled(cha
 
 
 def test_prefix_reuse_with_the_real_engine(tiny_chat_model):
-    import gptoss_cli
     import torch
 
+    import gptoss_cli
     from gptoss_cli.harmony.tokenizer import Tokenizer
 
     tok = Tokenizer.from_dir(tiny_chat_model)
@@ -125,8 +125,8 @@ def test_function_call_with_bad_json_is_answered_as_an_error_without_asking(chat
     assert statuses == ["invalid", "ok"]
     assert len(asked) == 1  # the malformed call was never offered for approval
     error_text = chat_tokenizer.decode(engine.prompts[1])
-    assert "<|start|>functions.weather to=assistant<|channel|>commentary<|message|>Error: arguments are not valid JSON" \
-        in error_text
+    assert ("<|start|>functions.weather to=assistant<|channel|>commentary<|message|>"
+            "Error: arguments are not valid JSON") in error_text
     assert tools.calls == [("functions.weather", '{"city": "Paris"}', "commentary")]
     assert session.last.final == "Sunny."
 

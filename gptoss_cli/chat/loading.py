@@ -162,9 +162,9 @@ def load_model(model: str, device: str = "auto", context: int | None = None, pla
     tokenizer = Tokenizer.from_dir(path)
     plan = make_plan(path, device, context, plan_json)
     from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     import gptoss_cli
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     err = Console(stderr=True)
     label = path.name if Path(model).is_dir() else model

@@ -1,7 +1,8 @@
 """``gptoss chat``: the interactive conversation (prompt_toolkit for input, view.py for output).
 
-Keys: Enter sends; Alt-Enter (or Esc, then Enter) adds a line; a message starting with three double quotes runs until the
-closing three quotes (paste-friendly; pasted text never sends itself either, thanks to bracketed paste).
+Keys: Enter sends; Alt-Enter (or Esc, then Enter) adds a line; a message starting with three double quotes
+runs until the closing three quotes (paste-friendly; pasted text never sends itself either, thanks to
+bracketed paste).
 Ctrl-C stops the reply being generated (the partial reply stays; press it twice if the model is busy reading a
 long prompt) and clears the input line at the prompt; Ctrl-D on an empty line quits. Input history is kept in
 the user data dir (``chat_history``). Slash commands (Tab completes them and their arguments) are in ``COMMANDS``.
@@ -26,9 +27,9 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import GptossError
+from ..harmony.render import REASONING_EFFORTS
 from ..tools.approval import Decision
 from ..tools.call import ToolCall as ResolvedCall
-from ..harmony.render import REASONING_EFFORTS
 from .loading import Loaded, load_model, memory_errors
 from .session import Sampling, Session, new_options
 from .tooling import RegistryTools, build_tools
@@ -59,6 +60,8 @@ def history_file() -> Path:
 
 
 def strip_fence(text: str) -> str:
+    """The message inside a triple-quote block (the fences and the blank edges removed)."""
+    text = text.lstrip()
     if text.startswith(FENCE):
         text = text[len(FENCE):]
         if text.rstrip().endswith(FENCE):
@@ -67,7 +70,7 @@ def strip_fence(text: str) -> str:
 
 
 def open_fence(text: str) -> bool:
-    """True while a ``\"\"\"`` block is still open: Enter then adds a line instead of sending."""
+    """True while a triple-quote block is still open: Enter then adds a line instead of sending."""
     return text.lstrip().startswith(FENCE) and text.count(FENCE) % 2 == 1
 
 
@@ -119,6 +122,8 @@ class Repl:
             if not line:
                 raise EOFError
             text = line.rstrip("\n")
+            while open_fence(text) and (line := self.stdin.readline()):
+                text += "\n" + line.rstrip("\n")
         else:
             text = self.prompt_session().prompt([("bold", ">>> ")])
         text = strip_fence(text) if text.lstrip().startswith(FENCE) else text.strip()
@@ -343,10 +348,15 @@ def _no_echo(stdin: TextIO) -> Iterator[None]:
     prompt_toolkit shows them at the next prompt. POSIX terminals only; Ctrl-C still interrupts."""
     try:
         import termios
-
+    except ImportError:  # Windows
+        yield
+        return
+    try:
         fd = stdin.fileno()
-        saved = termios.tcgetattr(fd)
-    except (ImportError, OSError, ValueError, AttributeError):
+        saved = termios.tcgetattr(fd) if stdin.isatty() else None
+    except (OSError, ValueError, AttributeError, termios.error):
+        saved = None
+    if saved is None:
         yield
         return
     quiet = list(saved)

@@ -40,7 +40,6 @@ from ..harmony import (
     MessageEnd,
     MessageStart,
     Parser,
-    TextDelta,
     Tokenizer,
     ToolCall,
     ToolNamespace,
@@ -381,11 +380,11 @@ class Session:
             in_analysis = False
             if event.role == "assistant" and event.recipient in (None, "all"):
                 if event.channel == "analysis":
-                    result.reasoning += event.text
+                    result.reasoning = _joined(result.reasoning, event.text)
                 elif event.channel == "commentary":
-                    result.commentary += event.text
+                    result.commentary = _joined(result.commentary, event.text)
                 else:
-                    result.final += event.text
+                    result.final = _joined(result.final, event.text)
         elif isinstance(event, ToolCall):
             call = event
         elif isinstance(event, TurnEnd):
@@ -478,9 +477,15 @@ class Session:
         return raw
 
 
+def _joined(before: str, text: str) -> str:
+    """Messages of one channel across a turn's rounds, a blank line apart."""
+    return f"{before}\n\n{text}" if before and text else before or text
+
+
 def new_options(effort: str = "medium", instructions: str | None = None) -> ChatOptions:
     """A new conversation's settings: today's date in the system message, as the reference does."""
-    return ChatOptions(reasoning_effort=effort, current_date=date.today().isoformat(), instructions=instructions or None)
+    return ChatOptions(reasoning_effort=effort, current_date=date.today().isoformat(),
+                       instructions=instructions or None)
 
 
 def _check_item(item: Any) -> dict[str, Any]:

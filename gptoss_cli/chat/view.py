@@ -3,7 +3,8 @@
 On a terminal the answer streams as plain text in a live region that shows its last screenful, and is replaced
 by its Markdown rendering once complete: nothing is re-laid-out while it streams, and the scrollback keeps
 only the rendered answer. The terminal's line wrapping is off while the region is live, so its height is
-always what rich will erase, whatever the text's scripts. Reasoning streams dimmed (``show``) or collapses to a one-line summary (``hide``).
+always what rich will erase, whatever the text's scripts. Reasoning streams dimmed (``show``) or collapses to
+a one-line summary (``hide``).
 Off a terminal (a pipe, a file, TERM=dumb) everything is written once, as plain text, with no cursor tricks.
 Colours follow rich, which honours NO_COLOR (and FORCE_COLOR).
 """
@@ -14,7 +15,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from rich.console import Console, ConsoleOptions, Group, RenderResult
+from rich.console import Console, ConsoleOptions, RenderableType, RenderResult
 from rich.live import Live
 from rich.markdown import Markdown
 from rich.padding import Padding
@@ -73,7 +74,7 @@ class _Block:
 
 
 class ChatView:
-    """Draws a session's event stream; the REPL and ``gptoss run`` (for stderr reasoning) use it."""
+    """Draws a session's event stream for the REPL."""
 
     def __init__(self, console: Console, show_reasoning: bool = True) -> None:
         self.console = console
@@ -112,10 +113,13 @@ class ChatView:
     def _wait(self) -> None:
         """A spinner while the model reads its prompt (before the first token of a message shows)."""
         if self.fancy and self._waiting is None:
-            self._waiting = Live(Spinner("dots", Text(" …", style="dim")), console=self.console, transient=True,
-                                 refresh_per_second=REFRESH_PER_SECOND, redirect_stdout=False,
-                                 redirect_stderr=False)
+            self._waiting = self._live(Spinner("dots", Text(" …", style="dim")))
             self._waiting.start()
+
+    def _live(self, renderable: RenderableType) -> Live:
+        """A region redrawn in place and erased when stopped (its final content is printed separately)."""
+        return Live(renderable, console=self.console, transient=True, refresh_per_second=REFRESH_PER_SECOND,
+                    redirect_stdout=False, redirect_stderr=False)
 
     def _done_waiting(self) -> None:
         if self._waiting is not None:
@@ -128,22 +132,18 @@ class ChatView:
         if start.recipient not in (None, "all"):
             block = _Block("call")
             if self.fancy:
-                block.live = Live(Spinner("dots", Text(f" calling {start.recipient}…", style="dim")),
-                                  console=self.console, transient=True, refresh_per_second=REFRESH_PER_SECOND,
-                                  redirect_stdout=False, redirect_stderr=False)
+                block.live = self._live(Spinner("dots", Text(f" calling {start.recipient}…", style="dim")))
         elif start.channel == "analysis":
             block = _Block("reasoning")
             if self.show_reasoning:
                 self.console.print(Text("Thinking: ", style="dim bold"), end="")
             elif self.fancy:
-                block.live = Live(self._thinking(block), console=self.console, transient=True,
-                                  refresh_per_second=REFRESH_PER_SECOND, redirect_stdout=False, redirect_stderr=False)
+                block.live = self._live(self._thinking(block))
         else:
             block = _Block("answer")
             if self.fancy:
                 block.tail = _Tail()
-                block.live = Live(block.tail, console=self.console, transient=True,
-                                  refresh_per_second=REFRESH_PER_SECOND, redirect_stdout=False, redirect_stderr=False)
+                block.live = self._live(block.tail)
         if block.live is not None:
             if block.tail is not None:
                 self._autowrap(False)
@@ -238,7 +238,7 @@ class ChatView:
         self.console.print(Text(text or "(no reasoning in the last reply)", style="dim italic"))
 
 
-def call_body(call: ToolCall) -> Syntax | Group | Text:
+def call_body(call: ToolCall) -> Syntax | Text:
     """The call for the approval prompt: code highlighted as Python, JSON arguments pretty-printed."""
     import json
 
