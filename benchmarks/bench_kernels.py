@@ -146,9 +146,9 @@ def bench_moe(sweep: bool, budget: float) -> None:
             base = dict(moe_kernels.PREFILL_CONFIG)
             best = (ms, base)
             for cfg in ({"BLOCK_N": 64, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3},
-                        {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4},
-                        {"BLOCK_N": 128, "BLOCK_K": 128, "num_warps": 8, "num_stages": 3},
-                        {"BLOCK_N": 256, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}):
+                        {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3},
+                        {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 5},
+                        {"BLOCK_N": 64, "BLOCK_K": 128, "num_warps": 4, "num_stages": 3}):
                 moe_kernels.PREFILL_CONFIG.clear()
                 moe_kernels.PREFILL_CONFIG.update(cfg)
                 try:
@@ -168,8 +168,8 @@ def sweep_moe_decode(layers: list, x1: torch.Tensor, budget: float) -> None:
     gate_up_b, down_b, router_b = moe_decode_bytes(TOP_K)
     base = {k: dict(v) for k, v in moe_kernels.DECODE_CONFIG.items()}
     candidates = {
-        "gate_up": [(8, 8, 2), (16, 8, 4), (16, 4, 2), (32, 8, 4), (32, 8, 8), (16, 8, 8), (32, 4, 4)],
-        "down": [(8, 8, 2), (16, 8, 4), (16, 4, 2), (32, 8, 8), (8, 8, 4), (32, 4, 4)],
+        "gate_up": [(4, 32, 4), (8, 32, 8), (8, 16, 4), (16, 16, 8), (2, 32, 2), (16, 8, 8)],
+        "down": [(4, 32, 4), (8, 32, 8), (8, 16, 4), (16, 16, 8), (2, 32, 2), (16, 8, 4)],
     }
     for kernel, cands in candidates.items():
         best = None
@@ -190,38 +190,28 @@ def sweep_moe_decode(layers: list, x1: torch.Tensor, budget: float) -> None:
 
 
 def bench_moe_kernels(layers: list, x1: torch.Tensor) -> None:
-    """Each decode kernel alone, launched as moe_decode launches it, with the current configs."""
+    """Each decode kernel alone, through the same launch helpers moe_decode uses, with the current configs."""
     gate_up_b, down_b, router_b = moe_decode_bytes(TOP_K)
-    T = 1
-    logits = torch.empty(T, E, dtype=torch.float32, device=DEV)
-    ids = torch.empty(T * TOP_K, dtype=torch.int32, device=DEV)
-    wts = torch.empty(T * TOP_K, dtype=torch.float32, device=DEV)
-    h = torch.empty(T * TOP_K, I, dtype=torch.bfloat16, device=DEV)
+    logits = moe_kernels.router_logits(x1, *layers[0][:2])
+    ids, wts, h = moe_kernels.gate_up_decode(x1, logits, *layers[0][2:5], TOP_K, 1.702, 7.0)
     out = torch.empty_like(x1)
-    gu, dn = moe_kernels.DECODE_CONFIG["gate_up"], moe_kernels.DECODE_CONFIG["down"]
 
     def router() -> None:
-        for rw, rb, *_ in layers:
-            moe_kernels._router_logits_kernel[(T, triton.cdiv(E, 4))](x1, rw, rb, logits, H, E, x1.stride(0),
-                                                                      BLOCK_E=4, BLOCK_H=256)
+        for layer in layers:
+            moe_kernels.router_logits(x1, *layer[:2])
 
     def gate_up() -> None:
-        for rw, rb, b, s, bias, *_ in layers:
-            moe_kernels._gate_up_decode_kernel[(T, triton.cdiv(2 * I, gu["BLOCK_N"]))](
-                x1, logits, ids, wts, b.view(torch.int32), s, bias, h, E, H, I, x1.stride(0), 1.702, 7.0,
-                TOP_K=TOP_K, K_PAD=triton.next_power_of_2(TOP_K), E_PAD=triton.next_power_of_2(E), **gu)
+        for layer in layers:
+            moe_kernels.gate_up_decode(x1, logits, *layer[2:5], TOP_K, 1.702, 7.0)
 
     def down() -> None:
-        for *_, b, s, bias in layers:
-            moe_kernels._down_decode_kernel[(T, triton.cdiv(H, dn["BLOCK_N"]))](
-                h, ids, wts, b.view(torch.int32), s, bias, out, H, I, TOP_K=TOP_K,
-                K_PAD=triton.next_power_of_2(TOP_K), **dn)
+        for layer in layers:
+            moe_kernels.down_decode(h, ids, wts, *layer[5:8], TOP_K, out)
 
-    router()
-    gate_up()
     for name, fn, nbytes in (("router logits", router, router_b), ("gate_up+swiglu GEMV", gate_up, gate_up_b),
                              ("down GEMV (sum over k)", down, down_b)):
-        record(f"  moe_decode kernel: {name}", timed(fn) / len(layers), nbytes=nbytes)
+        record(f"  moe_decode kernel: {name}", timed(fn) / len(layers), nbytes=nbytes,
+               cfg=json.dumps(moe_kernels.DECODE_CONFIG.get(name.split("+")[0].split(" ")[0], "")))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -255,10 +245,10 @@ def bench_attention(sweep: bool, budget: float) -> None:
         record(f"attention_decode S={S}", timed(run) / copies, nbytes=nbytes, cfg=json.dumps(attn.DECODE_CONFIG))
         if sweep and S >= 4096 and time.time() - START < budget:
             base = dict(attn.DECODE_CONFIG)
-            for kps, bn, ns in ((256, 64, 3), (1024, 64, 3), (512, 32, 3), (512, 64, 2), (2048, 128, 3)):
-                attn.DECODE_CONFIG.update(keys_per_split=kps, BLOCK_N=bn, num_stages=ns)
+            for kps, progs, ns in ((128, 1024, 3), (256, 1024, 3), (64, 512, 3), (64, 2048, 3), (64, 1024, 2)):
+                attn.DECODE_CONFIG.update(keys_per_split=kps, max_programs=progs, num_stages=ns)
                 record(f"  attention_decode S={S} sweep", timed(run) / copies, nbytes=nbytes,
-                       cfg=f"kps{kps} bn{bn} st{ns}")
+                       cfg=f"kps{kps} programs{progs} st{ns}")
             attn.DECODE_CONFIG.clear()
             attn.DECODE_CONFIG.update(base)
     # A static 32k cache holding 4k tokens: the rest are future slots the kernel must skip cheaply.
@@ -287,16 +277,17 @@ def bench_attention(sweep: bool, budget: float) -> None:
             attn.attention_prefill(q, k, v, sinks, pos, pos, scale, window)
 
         ms = timed(prefill)
-        record(f"attention_prefill T={T} window={window}", ms, flops=flops, cfg=json.dumps(attn.PREFILL_CONFIG))
+        config = attn.prefill_config(q)
+        record(f"attention_prefill T={T} window={window}", ms, flops=flops, cfg=json.dumps(config))
         if sweep and time.time() - START < budget:
-            base = dict(attn.PREFILL_CONFIG)
-            for bm, bn, nw, ns in ((128, 64, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 2)):
-                attn.PREFILL_CONFIG.update(BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns)
+            base = dict(config)
+            for bm, bn, nw, ns in ((64, 64, 4, 2), (128, 64, 8, 3), (128, 32, 4, 2), (128, 128, 8, 2)):
+                config.update(BLOCK_M=bm, BLOCK_N=bn, num_warps=nw, num_stages=ns)
                 ms = timed(prefill)
                 record(f"  attention_prefill window={window} sweep", ms, flops=flops,
                        cfg=f"bm{bm} bn{bn} w{nw} st{ns}")
-            attn.PREFILL_CONFIG.clear()
-            attn.PREFILL_CONFIG.update(base)
+            config.clear()
+            config.update(base)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -329,16 +320,18 @@ def bench_int8(sweep: bool, budget: float) -> None:
             for _, _, b_, w_ in weights:
                 torch.nn.functional.linear(x, w_, b_)
 
-        record(f"linear_int8 {name} T=1 [{N}x{K}]", timed(run) / copies, nbytes=nbytes,
-               cfg=json.dumps(int8_kernels.GEMV_CONFIG))
+        record(f"linear_int8 {name} T=1 [{N}x{K}]", timed(run) / copies, nbytes=nbytes)
         record(f"  torch bf16 linear {name} T=1 (cuBLAS)", timed(run_bf16) / copies, nbytes=2 * N * K)
         if sweep and time.time() - START < budget:
-            base = dict(int8_kernels.GEMV_CONFIG)
-            for bn, bk, nw in ((8, 512, 4), (32, 256, 4), (16, 256, 4), (32, 512, 8), (64, 256, 8), (16, 1024, 4)):
-                int8_kernels.GEMV_CONFIG.update(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
+            cfgs = int8_kernels.GEMV_CONFIG, int8_kernels.GEMV_CONFIG_SMALL
+            base = [dict(c) for c in cfgs]
+            for bn, bk, nw in ((32, 512, 8), (16, 2048, 8), (8, 1024, 4), (32, 1024, 8)):
+                for cfg in cfgs:
+                    cfg.update(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
                 record(f"  linear_int8 {name} sweep", timed(run) / copies, nbytes=nbytes, cfg=f"{bn}x{bk} w{nw}")
-            int8_kernels.GEMV_CONFIG.clear()
-            int8_kernels.GEMV_CONFIG.update(base)
+            for cfg, saved in zip(cfgs, base):
+                cfg.clear()
+                cfg.update(saved)
         if name == "qkv":
             xt = torch.randn(2048, K, device=DEV, generator=gen).bfloat16()
             check("linear_int8 qkv T=2048", int8_kernels.linear_int8(xt, q, s, b),
@@ -347,6 +340,14 @@ def bench_int8(sweep: bool, budget: float) -> None:
             args = (xt, q, s, b)
             record("linear_int8 qkv T=2048", timed(lambda args=args: int8_kernels.linear_int8(*args)), flops=flops,
                    cfg=json.dumps(int8_kernels.GEMM_CONFIG))
+            if sweep and time.time() - START < budget:
+                base = dict(int8_kernels.GEMM_CONFIG)
+                for bm, bn, bk, nw, ns in ((128, 128, 64, 8, 3), (128, 256, 64, 8, 3), (128, 128, 128, 8, 3)):
+                    int8_kernels.GEMM_CONFIG.update(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, num_warps=nw, num_stages=ns)
+                    record("  linear_int8 qkv T=2048 sweep", timed(lambda args=args: int8_kernels.linear_int8(*args)),
+                           flops=flops, cfg=f"{bm}x{bn}x{bk} w{nw} st{ns}")
+                int8_kernels.GEMM_CONFIG.clear()
+                int8_kernels.GEMM_CONFIG.update(base)
             args = (xt, wb, b)
             record("  torch bf16 linear qkv T=2048 (cuBLAS)",
                    timed(lambda args=args: torch.nn.functional.linear(*args)), flops=flops)

@@ -51,7 +51,8 @@ def parity(root: Path, n_tokens: int = 600) -> list[dict]:
                 hf[dtype] = m.eval()(ids[None].to(device)).logits[0].float().cuda()
             del m
         for dtype in (torch.float32, torch.bfloat16):
-            engine = gptoss_cli.load(model_dir, device="cuda", dtype=dtype)
+            # the reference path: the model math itself on CUDA (the Triton path is checked by gpu_fast_path.py)
+            engine = gptoss_cli.load(model_dir, device="cuda", dtype=dtype, fast=False)
             ours = engine.logits(ids.tolist())
             # incremental path too: prefill half, decode the rest token by token
             engine.prefill(ids[: n_tokens // 2].tolist())

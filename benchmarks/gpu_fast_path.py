@@ -22,6 +22,11 @@ from gptoss_cli.engine.generator import load_random
 from gptoss_cli.model.config import official_config
 
 
+def confident(logits: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    top2 = logits.topk(2, dim=-1).values
+    return (top2[:, 0] - top2[:, 1]) > margin
+
+
 def agreement(out: dict) -> None:
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 oracle must be fp32
     cfg = official_config("gpt-oss-20b")
@@ -46,6 +51,9 @@ def agreement(out: dict) -> None:
         row = {
             "path": name, "positions": 511,
             "top1_agreement": (got.argmax(-1) == want.argmax(-1)).float().mean().item(),
+            # where the oracle's top-1 leads by > 1 logit (well above bf16 noise on random weights)
+            "confident_positions": int(confident(want).sum()),
+            "top1_agreement_confident": (got.argmax(-1) == want.argmax(-1))[confident(want)].float().mean().item(),
             "max_abs_logit_diff": (got - want).abs().max().item(),
             "mean_abs_logit_diff": (got - want).abs().mean().item(),
             "logit_absmax": want.abs().max().item(),
@@ -86,7 +94,8 @@ def main() -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "fast_path.json").write_text(json.dumps(out, indent=2))
     for r in out["agreement"]:
-        print(f"{r['path']:<26} top1 {r['top1_agreement']:.4f}  max|d| {r['max_abs_logit_diff']:.3f}  "
+        print(f"{r['path']:<26} top1 {r['top1_agreement']:.4f}  confident {r['top1_agreement_confident']:.4f} "
+              f"({r['confident_positions']})  max|d| {r['max_abs_logit_diff']:.3f}  "
               f"mean|d| {r['mean_abs_logit_diff']:.4f}")
     for b in out.get("bench", []):
         print(b["model"], {k: round(v) for k, v in b["prefill_tok_s"].items()},

@@ -93,6 +93,9 @@ def run_bench(engine: Engine, name: str, prompts: list[int], depths: list[int], 
                          path=getattr(engine, "path_name", "reference"), load_seconds=engine.load_seconds,
                          repeats=repeats)
     result.bandwidth_gb_s = measure_bandwidth(dev) / 1e9
+    if dev.type == "cuda":  # peak memory of the model's own work, not of the bandwidth probe or the load
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
     # warm-up: compile kernels, capture graphs
     say("warming up")
     engine.reset()

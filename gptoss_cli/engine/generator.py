@@ -175,7 +175,7 @@ class Engine:
             raise
         self.cache.advance(1)
         self.tokens.append(token)
-        return logits[0]
+        return logits[0].clone()  # the graph's output buffer is overwritten by the next replay
 
     def reset(self) -> None:
         self.cache.reset()
