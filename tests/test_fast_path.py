@@ -18,14 +18,21 @@ SCRIPT = textwrap.dedent("""
     ref = gptoss_cli.load(model_dir, device="cpu", dtype=torch.float32, fast=False)
     fast = gptoss_cli.load(model_dir, device="cpu", dtype=torch.float32, fast=True)
     assert fast.model.ops.name == "triton" and ref.model.ops.name == "reference"
-    ids = torch.randint(0, 1024, (40,), generator=torch.Generator().manual_seed(0)).tolist()
+    ids = torch.randint(0, 1024, (41,), generator=torch.Generator().manual_seed(0)).tolist()
     full_ref = ref.logits(ids)
     fast.prefill_chunk = 13
     rows = [fast.prefill(ids[:30])] + [fast.step(t) for t in ids[30:39]]
     got = torch.stack(rows)
     diff = (got - full_ref[29:39]).abs().max().item()
     full_fast = fast.logits(ids)
-    print(f"{diff:.3e} {(full_fast - full_ref).abs().max().item():.3e}")
+    # the fused one-token step the CUDA graphs replay, called directly (no graphs on the CPU)
+    from gptoss_cli.model.fast import decode_step
+    fast.prefill(ids[:39])
+    pos = torch.tensor([39])
+    hidden = decode_step(fast.model, fast.model.embed(torch.tensor(ids[39:40])), pos, fast.cache, 64)
+    fused = fast.model.logits(hidden)[0]
+    fused_diff = (fused - full_ref[39]).abs().max().item()
+    print(f"{diff:.3e} {(full_fast - full_ref).abs().max().item():.3e} {fused_diff:.3e}")
 """)
 
 
@@ -34,6 +41,6 @@ def test_fast_path_matches_reference_under_the_interpreter(tiny_model_dir: Path)
     out = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_model_dir)], env=env, capture_output=True,
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    incremental, full = (float(v) for v in out.stdout.split())
+    incremental, full, fused = (float(v) for v in out.stdout.split())
     # fp32 everywhere; kernels sum in a different order than torch, so not bit-equal, but close.
-    assert incremental < 1e-3 and full < 1e-3
+    assert incremental < 1e-3 and full < 1e-3 and fused < 1e-3

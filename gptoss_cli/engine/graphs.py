@@ -50,7 +50,12 @@ class DecodeGraphs:
         self.pool = torch.cuda.graph_pool_handle()
 
     def _body(self, kv_len: int) -> torch.Tensor:
-        hidden = self.model.layers_forward(self.x, self.pos, partial(self.cache.update_static, kv_len=kv_len))
+        step = self.model.ops.decode_step
+        if step is not None:
+            hidden = step(self.model, self.x, self.pos, self.cache, kv_len)
+        else:
+            hidden = self.model.layers_forward(self.x, self.pos,
+                                               partial(self.cache.update_static, kv_len=kv_len))
         return self.model.logits(hidden) if self.logits_inside else hidden
 
     def _capture(self, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

@@ -13,8 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from . import transformer as ref
+from .cache import KVCache
 from .config import GptOssConfig
-from .transformer import Int8Weight, Layer, Ops, Weight
+from .transformer import GptOss, Int8Weight, Layer, Ops, Weight
 
 
 def triton_available() -> tuple[bool, str]:
@@ -68,4 +69,32 @@ def fast_ops() -> Ops:
                                layer.gate_up_bias, layer.down_blocks, layer.down_scales, layer.down_bias,
                                cfg.num_experts_per_tok, cfg.swiglu_alpha, cfg.swiglu_limit)
 
-    return Ops("triton", linear, rms_norm, attention, moe, graph_safe=True)
+    return Ops("triton", linear, rms_norm, attention, moe, graph_safe=True, decode_step=decode_step)
+
+
+def decode_step(model: GptOss, x: torch.Tensor, positions: torch.Tensor, cache: KVCache,
+                kv_len: int) -> torch.Tensor:
+    """One decode token through every layer with fused kernels: RoPE + KV write in one launch, each residual add
+    fused with the next RMSNorm. Same math as ``GptOss.layers_forward``; no host synchronisation."""
+    from gptoss_kernels import norm as norm_kernels
+    from gptoss_kernels import rope as rope_kernels
+
+    cfg, ops, eps, layers = model.cfg, model.ops, model.cfg.rms_norm_eps, model.layers
+    ring_slots: dict[int, torch.Tensor] = {}
+    t = norm_kernels.rms_norm(x, layers[0].attn_norm, eps)
+    for i, layer in enumerate(layers):
+        lc = cache.layers[i]
+        cap = lc.k.shape[0]
+        if lc.ring and cap not in ring_slots:
+            ring_slots[cap] = positions % cap
+        slots = ring_slots[cap] if lc.ring else positions
+        qkv = ops.linear(t, layer.qkv_w, layer.qkv_b)
+        q = rope_kernels.rope_qkv_cache(qkv, positions, slots, model.inv_freq, model.concentration, lc.k, lc.v,
+                                        lc.pos, cfg.num_attention_heads)
+        span = cap if lc.ring else kv_len
+        window = cfg.sliding_window if layer.sliding else None
+        o = ops.attention(q, lc.k[:span], lc.v[:span], layer.sinks, positions, lc.pos[:span], model.sm_scale, window)
+        x, t = norm_kernels.add_rms_norm(x, ops.linear(o, layer.o_w, layer.o_b), layer.mlp_norm, eps)
+        after = layers[i + 1].attn_norm if i + 1 < len(layers) else model.norm
+        x, t = norm_kernels.add_rms_norm(x, ops.moe(t, layer, cfg), after, eps)
+    return t

@@ -160,6 +160,9 @@ class Ops:
     attention: Callable[..., torch.Tensor]
     moe: Callable[[torch.Tensor, Layer, GptOssConfig], torch.Tensor]
     graph_safe: bool = False  # no host synchronisation inside a decode step (CUDA graphs can capture it)
+    # A fused one-token step (model, x [1, H], positions [1], cache, kv_len) -> final-normed hidden [1, H], for
+    # the CUDA-graph decode; None: the graph replays layers_forward.
+    decode_step: Callable[..., torch.Tensor] | None = None
 
 
 REFERENCE_OPS = Ops("reference", linear, rms_norm, attention, moe)
