@@ -60,8 +60,8 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, q_pos_ptr, k_pos_ptr, out_pt
                     T, S, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot,
                     qk_scale, window,
                     GROUP: tl.constexpr, HEAD_D: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_DTYPE: tl.constexpr):
-    """One program: BLOCK_M queries of one query head against all keys, online softmax seeded with the sink."""
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SCAN: tl.constexpr, DOT_DTYPE: tl.constexpr):
+    """One program: BLOCK_M queries of one query head against the keys, online softmax seeded with the sink."""
     pid_m = tl.program_id(0)
     head = tl.program_id(1)
     kv_head = head // GROUP
@@ -77,10 +77,25 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, q_pos_ptr, k_pos_ptr, out_pt
     m_i = tl.zeros([BLOCK_M], dtype=tl.float32) + sink
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
-    for start_n in range(0, S, BLOCK_N):
+    # Which key blocks can this query block see at all? A scan over k_pos alone (SCAN blocks per step, from L2)
+    # bounds the main loop: for a cache slice that is the causal / sliding-window band.
+    n_kb = tl.cdiv(S, BLOCK_N)
+    first = n_kb
+    last = -1
+    for kb0 in range(0, n_kb, SCAN):
+        kbs = kb0 + tl.arange(0, SCAN)
+        offs = kbs[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]
+        kp = tl.load(k_pos_ptr + offs, mask=offs < S, other=-1)
+        seen = (kp >= 0) & (kp <= q_hi)
+        if HAS_WINDOW:
+            seen = seen & (q_lo - kp < window)
+        any_seen = tl.max(seen.to(tl.int32), axis=1) > 0
+        first = tl.minimum(first, tl.min(tl.where(any_seen, kbs, n_kb), axis=0))
+        last = tl.maximum(last, tl.max(tl.where(any_seen, kbs, -1), axis=0))
+    for start_n in range(first * BLOCK_N, (last + 1) * BLOCK_N, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
         k_pos = tl.load(k_pos_ptr + offs_n, mask=offs_n < S, other=-1)
-        # Skip the block when no query of this block can see any of its keys (causal / window / empty slots).
+        # Inside the band, skip blocks nobody in this query block sees (empty ring slots, out-of-order keys).
         seen = (k_pos >= 0) & (k_pos <= q_hi)
         if HAS_WINDOW:
             seen = seen & (q_lo - k_pos < window)
@@ -190,7 +205,11 @@ def _combine_kernel(acc_ws, ml_ws, sinks_ptr, out_ptr, n_split, stride_ot,
 
 # Launch shapes, chosen on an H200 (see .notes/kernels.md); the benchmark script overrides them to sweep.
 PREFILL_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "num_stages": 2}
-DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "keys_per_split": 512, "max_splits": 64}
+PREFILL_CONFIG_HOPPER = {"BLOCK_M": 128, "BLOCK_N": 64, "num_warps": 4, "num_stages": 3}  # spills elsewhere
+# Decode: up to this many keys one program per KV head does it all (no combine launch); above it, splits of at least
+# keys_per_split keys, at most max_programs programs in all.
+DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "split_min_keys": 256, "keys_per_split": 64,
+                 "max_programs": 1024}
 
 
 def _interpreting() -> bool:
@@ -202,6 +221,12 @@ def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
     if dtype == torch.float32 or (dtype == torch.bfloat16 and _interpreting()):
         return tl.float32
     return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
+
+
+def prefill_config(q: torch.Tensor) -> dict:
+    """The launch shape for this device: larger query blocks where wgmma keeps the accumulators cheap (sm_90)."""
+    hopper = q.is_cuda and torch.cuda.get_device_capability(q.device)[0] == 9
+    return PREFILL_CONFIG_HOPPER if hopper else PREFILL_CONFIG
 
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, q_pos: torch.Tensor,
@@ -228,11 +253,11 @@ def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: 
     T, Hq, D = q.shape
     S, Hkv, _ = k.shape
     out = torch.empty(T, Hq * D, dtype=q.dtype, device=q.device)
-    cfg = PREFILL_CONFIG
+    cfg = prefill_config(q)
     _prefill_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), Hq)](
         q, k, v, sinks, q_pos.contiguous(), k_pos.contiguous(), out, T, S, q.stride(0), q.stride(1), k.stride(0),
         k.stride(1), v.stride(0), v.stride(1), out.stride(0), sm_scale * LOG2E, window or 0,
-        GROUP=Hq // Hkv, HEAD_D=D, HAS_WINDOW=window is not None, DOT_DTYPE=_dot_dtype(q.dtype), **cfg)
+        GROUP=Hq // Hkv, HEAD_D=D, HAS_WINDOW=window is not None, SCAN=16, DOT_DTYPE=_dot_dtype(q.dtype), **cfg)
     return out
 
 
@@ -248,8 +273,9 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: t
         raise ValueError(f"decode attention takes at most {DECODE_MAX_ROWS} query rows per KV head, got {rows}")
     block_r = max(16, triton.next_power_of_2(rows))
     cfg = dict(DECODE_CONFIG)
-    keys_per_split = cfg.pop("keys_per_split")
-    n_split = min(cfg.pop("max_splits"), max(1, triton.cdiv(S, keys_per_split)))
+    split_min_keys, keys_per_split, max_programs = (cfg.pop(k) for k in ("split_min_keys", "keys_per_split",
+                                                                          "max_programs"))
+    n_split = 1 if S <= split_min_keys else min(triton.cdiv(S, keys_per_split), max(1, max_programs // Hkv))
     keys_per_split = triton.cdiv(triton.cdiv(S, n_split), cfg["BLOCK_N"]) * cfg["BLOCK_N"]
     n_split = triton.cdiv(S, keys_per_split)
     out = torch.empty(T, Hq * D, dtype=q.dtype, device=q.device)

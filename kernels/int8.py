@@ -119,7 +119,9 @@ def _gemm_kernel(x_ptr, q_ptr, scale_ptr, bias_ptr, y_ptr, T, N, K, stride_x, st
 
 
 # Launch shapes, chosen on an H200 (see .notes/kernels.md); the benchmark script overrides them to sweep.
-GEMV_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 512, "num_warps": 4}
+GEMV_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 512, "num_warps": 4}  # large matrices (lm_head)
+GEMV_CONFIG_SMALL = {"BLOCK_N": 16, "BLOCK_K": 1024, "num_warps": 4}  # below GEMV_SMALL_BYTES: fewer, longer loads
+GEMV_SMALL_BYTES = 64 * 2**20
 GEMM_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
 
 
@@ -149,7 +151,7 @@ def linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: tor
     y = torch.empty(T, N, dtype=x.dtype, device=x.device)
     b = bias if bias is not None else scale
     if T <= GEMV_MAX_TOKENS:
-        cfg = GEMV_CONFIG
+        cfg = GEMV_CONFIG if N * K >= GEMV_SMALL_BYTES else GEMV_CONFIG_SMALL
         _gemv_kernel[(triton.cdiv(N, cfg["BLOCK_N"]), T)](x, q.view(torch.int32), scale, b, y, N, K, x.stride(0),
                                                           y.stride(0), HAS_BIAS=bias is not None, **cfg)
     else:

@@ -12,8 +12,10 @@ path does). The result is cast to the activation dtype once, after the weighted 
 MXFP4 is decoded in registers, never into a dense copy. A 4-bit code ``c`` (sign, 2 exponent bits, 1 mantissa bit)
 becomes an fp32 bit pattern with two shifts and a mask: ``((c << 28) >> 6) & 0x81C00000`` puts the sign in bit 31
 and the magnitude bits at 22..24, which reads as ``fp4(c) * 2**-126`` exactly (the code for 0.5 lands on an fp32
-subnormal; the kernels never flush those, fp32 multiply and add keep them). The 2**126 and the block scale
-``2**(s-127)`` are folded into one power of two applied once per 32-element block (decode) or per element (prefill).
+subnormal; these kernels compile to plain, non-flushing fp32 multiply and add). The decode GEMVs read the blocks as
+int32 words and decode the 8 codes of a word in place; they multiply x by 2**100 (the gate_up kernel stores h
+already multiplied), so every product is a normal fp32, and each 32-element group's sum is scaled once by
+``2**(s - 101)``. The prefill GEMMs multiply the decoded tile by 2**126 and by the group scale, then feed tl.dot.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import triton.language as tl
 
 from . import mxfp4
 
-# At or below this many tokens the decode path (one GEMV per token and expert) runs; above it, the grouped GEMM.
+# At or below this many tokens the decode path (GEMVs over each token's k experts) runs; above it, grouped GEMMs.
 DECODE_MAX_TOKENS = 4
 _GROUP = mxfp4.BLOCK  # 32 elements share one scale
 _BYTES = mxfp4.BLOCK // 2  # 16 packed bytes per group
@@ -197,17 +199,17 @@ def _swiglu(gate, up, alpha, limit):
 @triton.jit
 def _router_logits_kernel(x_ptr, w_ptr, b_ptr, logits_ptr, H, E, stride_x,
                           BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr):
+    """logits[t, e] = x[t] . W[e] + b[e] in fp32; BLOCK_H covers the whole row, so every load is in flight at once
+    (the router is ~0.2 MB: latency, not bandwidth, is its cost)."""
     t = tl.program_id(0)
     es = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     e_mask = es < E
-    acc = tl.zeros([BLOCK_E, BLOCK_H], dtype=tl.float32)
-    for h0 in range(0, H, BLOCK_H):
-        hs = h0 + tl.arange(0, BLOCK_H)
-        h_mask = hs < H
-        xv = tl.load(x_ptr + t * stride_x + hs, mask=h_mask, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + es[:, None] * H + hs[None, :], mask=e_mask[:, None] & h_mask[None, :], other=0.0)
-        acc += w.to(tl.float32) * xv[None, :]
-    logits = tl.sum(acc, axis=1) + tl.load(b_ptr + es, mask=e_mask, other=0.0).to(tl.float32)
+    hs = tl.arange(0, BLOCK_H)
+    h_mask = hs < H
+    xv = tl.load(x_ptr + t * stride_x + hs, mask=h_mask, other=0.0).to(tl.float32)
+    w = tl.load(w_ptr + es[:, None] * H + hs[None, :], mask=e_mask[:, None] & h_mask[None, :], other=0.0)
+    logits = tl.sum(w.to(tl.float32) * xv[None, :], axis=1)
+    logits += tl.load(b_ptr + es, mask=e_mask, other=0.0).to(tl.float32)
     tl.store(logits_ptr + t * E + es, logits, mask=e_mask)
 
 
@@ -378,8 +380,8 @@ def _down_grouped_kernel(h_ptr, order_ptr, wts_ptr, meta_ptr, blk_ptr, scl_ptr, 
 
 # Launch shapes, chosen on an H200 (see .notes/kernels.md); the benchmark script overrides them to sweep.
 DECODE_CONFIG = {"gate_up": {"BLOCK_N": 16, "BLOCK_G": 8, "num_warps": 4},
-                 "down": {"BLOCK_N": 16, "BLOCK_G": 8, "num_warps": 4}}
-PREFILL_CONFIG = {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 8, "num_stages": 3}
+                 "down": {"BLOCK_N": 8, "BLOCK_G": 8, "num_warps": 4}}
+PREFILL_CONFIG = {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}
 PREFILL_CONFIG_FP32 = {"BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
 
 
@@ -412,6 +414,43 @@ def _check(x: torch.Tensor, gate_up_blocks: torch.Tensor, down_blocks: torch.Ten
         raise ValueError(f"top_k must be in 1..{E}, got {top_k}")
 
 
+def router_logits(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor) -> torch.Tensor:
+    """Decode step 1: fp32 router logits [T, E]."""
+    T, H = x.shape
+    E = router_weight.shape[0]
+    logits = torch.empty(T, E, dtype=torch.float32, device=x.device)
+    _router_logits_kernel[(T, triton.cdiv(E, 2))](x, router_weight, router_bias, logits, H, E, x.stride(0),
+                                                  BLOCK_E=2, BLOCK_H=triton.next_power_of_2(H))
+    return logits
+
+
+def gate_up_decode(x: torch.Tensor, logits: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor,
+                   bias: torch.Tensor, top_k: int, alpha: float,
+                   limit: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Decode step 2: top-k + softmax, gate_up GEMV over the k experts, SwiGLU -> (ids, weights, h * 2**100)."""
+    T, H = x.shape
+    E, N2 = blocks.shape[:2]
+    ids = torch.empty(T * top_k, dtype=torch.int32, device=x.device)
+    wts = torch.empty(T * top_k, dtype=torch.float32, device=x.device)
+    h = torch.empty(T * top_k, N2 // 2, dtype=x.dtype, device=x.device)
+    cfg = DECODE_CONFIG["gate_up"]
+    _gate_up_decode_kernel[(T, triton.cdiv(N2, cfg["BLOCK_N"]))](
+        x, logits, ids, wts, _words(blocks), scales, bias, h, E, H, N2 // 2, x.stride(0), float(alpha),
+        float(limit), TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k), E_PAD=triton.next_power_of_2(E), **cfg)
+    return ids, wts, h
+
+
+def down_decode(h: torch.Tensor, ids: torch.Tensor, wts: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor,
+                bias: torch.Tensor, top_k: int, out: torch.Tensor) -> torch.Tensor:
+    """Decode step 3: down GEMV over the k experts, bias, routing weights, sum over k -> out [T, H]."""
+    T, H = out.shape
+    cfg = DECODE_CONFIG["down"]
+    _down_decode_kernel[(T, triton.cdiv(H, cfg["BLOCK_N"]))](
+        h, ids, wts, _words(blocks), scales, bias, out, H, h.shape[1], TOP_K=top_k,
+        K_PAD=triton.next_power_of_2(top_k), **cfg)
+    return out
+
+
 def moe_decode(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor,
                gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
                down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor,
@@ -420,25 +459,9 @@ def moe_decode(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.
     for down (summing the k experts in registers). Three launches, no host synchronisation (CUDA-graph safe)."""
     _check(x, gate_up_blocks, down_blocks, top_k)
     x = x.contiguous()
-    T, H = x.shape
-    E, N2 = gate_up_blocks.shape[:2]
-    I = N2 // 2
-    logits = torch.empty(T, E, dtype=torch.float32, device=x.device)
-    _router_logits_kernel[(T, triton.cdiv(E, 4))](x, router_weight, router_bias, logits, H, E, x.stride(0),
-                                                  BLOCK_E=4, BLOCK_H=256)
-    ids = torch.empty(T * top_k, dtype=torch.int32, device=x.device)
-    wts = torch.empty(T * top_k, dtype=torch.float32, device=x.device)
-    h = torch.empty(T * top_k, I, dtype=x.dtype, device=x.device)
-    k_pad = triton.next_power_of_2(top_k)
-    cfg = DECODE_CONFIG["gate_up"]
-    _gate_up_decode_kernel[(T, triton.cdiv(N2, cfg["BLOCK_N"]))](
-        x, logits, ids, wts, _words(gate_up_blocks), gate_up_scales, gate_up_bias, h, E, H, I, x.stride(0),
-        float(alpha), float(limit), TOP_K=top_k, K_PAD=k_pad, E_PAD=triton.next_power_of_2(E), **cfg)
-    out = torch.empty_like(x)
-    cfg = DECODE_CONFIG["down"]
-    _down_decode_kernel[(T, triton.cdiv(H, cfg["BLOCK_N"]))](
-        h, ids, wts, _words(down_blocks), down_scales, down_bias, out, H, I, TOP_K=top_k, K_PAD=k_pad, **cfg)
-    return out
+    logits = router_logits(x, router_weight, router_bias)
+    ids, wts, h = gate_up_decode(x, logits, gate_up_blocks, gate_up_scales, gate_up_bias, top_k, alpha, limit)
+    return down_decode(h, ids, wts, down_blocks, down_scales, down_bias, top_k, torch.empty_like(x))
 
 
 def moe_prefill(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor,

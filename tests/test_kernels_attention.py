@@ -54,6 +54,8 @@ PREFILL_CASES = [  # T, S, Hq, Hkv, D, window, layout
     (21, 70, 4, 4, 64, None, "cache"),  # chunked prefill against a longer cache
     (19, 19 + 24, 4, 1, 16, 16, "ring"),
     (17, 30, 2, 2, 16, None, "future"),
+    (3, 1100, 2, 1, 16, 16, "cache"),  # the band lies past the first scan step of the key-range pre-pass
+    (3, 1100, 2, 1, 16, None, "cache"),
 ]
 
 
@@ -68,21 +70,22 @@ def test_prefill_kernel_matches_reference(T: int, S: int, Hq: int, Hkv: int, D: 
     torch.testing.assert_close(out.float(), ref.float(), **_tolerances(v))
 
 
-DECODE_CASES = [  # T, S, Hq, Hkv, D, window, layout, keys per split (small values force the split + combine path)
-    (1, 50, 8, 2, 16, None, "cache", 512),
-    (1, 300, 8, 2, 64, None, "cache", 64),
-    (1, 129, 8, 1, 16, 128, "ring", 512),  # the sliding layer's shape: 128 ring slots + the new token
-    (3, 3 + 30, 4, 1, 32, 16, "ring", 16),  # a short chunk, split
-    (2, 40, 4, 2, 16, None, "future", 16),
+DECODE_CASES = [  # T, S, Hq, Hkv, D, window, layout, split (the keys over several programs + the combine kernel)
+    (1, 50, 8, 2, 16, None, "cache", False),
+    (1, 300, 8, 2, 64, None, "cache", True),
+    (1, 129, 8, 1, 16, 128, "ring", False),  # the sliding layer's shape: 128 ring slots + the new token
+    (3, 3 + 30, 4, 1, 32, 16, "ring", True),  # a short chunk
+    (2, 40, 4, 2, 16, None, "future", True),
 ]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("T,S,Hq,Hkv,D,window,layout,keys_per_split", DECODE_CASES)
+@pytest.mark.parametrize("T,S,Hq,Hkv,D,window,layout,split", DECODE_CASES)
 def test_decode_kernel_matches_reference(T: int, S: int, Hq: int, Hkv: int, D: int, window: int | None,
-                                         layout: str, keys_per_split: int, dtype: torch.dtype,
+                                         layout: str, split: bool, dtype: torch.dtype,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(attn.DECODE_CONFIG, "keys_per_split", keys_per_split)
+    monkeypatch.setitem(attn.DECODE_CONFIG, "split_min_keys", 0 if split else 10**9)
+    monkeypatch.setitem(attn.DECODE_CONFIG, "keys_per_split", 16)
     q, k, v, sinks, q_pos, k_pos = _case(T, S, Hq, Hkv, D, dtype, layout, seed=T * S)
     ref = attn.attention_reference(q, k, v, sinks, q_pos, k_pos, 0.125, window)
     out = attn.attention_decode(q, k, v, sinks, q_pos, k_pos, 0.125, window)
