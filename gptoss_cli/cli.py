@@ -13,7 +13,7 @@ from .errors import ExitCode, GptossError
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 failure; 2 usage error; 3 model not found; 4 network unavailable; "
-    "130 interrupted (Ctrl-C)."
+    "5 answer cut short (gptoss run); 130 interrupted (Ctrl-C)."
 )
 
 app = typer.Typer(

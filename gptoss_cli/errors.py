@@ -12,6 +12,7 @@ class ExitCode:
     USAGE = 2
     MODEL_NOT_FOUND = 3
     NETWORK = 4
+    TRUNCATED = 5  # `gptoss run`: the answer was cut short by --max-tokens or the context
     INTERRUPTED = 130
 
 

@@ -175,8 +175,9 @@ def load_model(model: str, device: str = "auto", context: int | None = None, pla
         engine = gptoss_cli.load(path, device=device, dtype=_compute_dtype(device, plan), plan=plan,
                                  context_length=context or plan.context_length,
                                  progress=lambda done, total: progress.update(task, completed=done, total=total))
+    # what the plan decided, then how the engine runs (e.g. the torch path when Triton is missing)
     return Loaded(engine, tokenizer, label, str(engine.device), engine.context_length, engine.load_seconds,
-                  tuple(plan.notes))
+                  tuple(plan.notes) + tuple(engine.notes))
 
 
 def _compute_dtype(device: str, plan: Any) -> Any:

@@ -40,7 +40,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, TextIO
 
-from ..errors import ContextLengthError, UsageError
+from ..errors import ContextLengthError, ExitCode, UsageError
 from ..harmony import Conversation, MessageEnd, MessageStart, TextDelta, format_tokens_visible
 from ..tools.approval import Decision
 from ..tools.call import ToolCall as ResolvedCall
@@ -48,8 +48,8 @@ from .loading import load_model, load_tokenizer, memory_errors
 from .session import Sampling, Session, ToolFinished, TurnResult, new_options
 from .tooling import RegistryTools, build_tools
 
-EXIT_TRUNCATED = 5
-EXIT_INTERRUPTED = 130
+EXIT_TRUNCATED = ExitCode.TRUNCATED
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 
 _NUMBER = {"type": "number", "minimum": 0}
 _COUNT = {"type": "integer", "minimum": 0}
