@@ -36,8 +36,9 @@ SHAPES = {
 def parity(root: Path, n_tokens: int = 600) -> list[dict]:
     import transformers
 
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 must mean fp32 (no TF32 matmuls) for the oracle check
     torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
     rows = []
     for name, raw in SHAPES.items():
         model_dir = write_checkpoint(root / name, raw, seed=1)
