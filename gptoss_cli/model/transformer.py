@@ -32,9 +32,12 @@ class Int8Weight:
 
     @classmethod
     def quantize(cls, w: torch.Tensor) -> "Int8Weight":
-        from gptoss_kernels.int8 import quantize_int8
-
-        return cls(*quantize_int8(w))
+        """scale = max|row| / 127, q = round(w / scale): the rule of gptoss_kernels.int8.quantize_int8, written
+        here too so the torch path quantizes without importing Triton (a failed Triton install must not matter)."""
+        wf = w.float()
+        amax = wf.abs().amax(dim=1)
+        scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+        return cls(torch.round(wf / scale[:, None]).clamp(-127, 127).to(torch.int8), scale)
 
 
 Weight = torch.Tensor | Int8Weight
