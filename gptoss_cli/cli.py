@@ -283,6 +283,8 @@ def _fail(exc: GptossError) -> int:
 def main() -> None:
     """Console-script entry point: turns known errors into one clear message and an exit code."""
     debug = os.environ.get("GPTOSS_DEBUG") == "1" or "--debug" in sys.argv[1:]
+    if len(sys.argv) == 1:  # plain `gptoss`: the help, and success (not click's usage-error exit)
+        sys.argv.append("--help")
     try:
         rc = app(standalone_mode=False)
     except GptossError as exc:

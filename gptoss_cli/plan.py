@@ -281,16 +281,21 @@ class _Budget:
         attn = mb.attention_int8 if lay.attn_precision == "int8" else mb.attention
         lm = mb.lm_head_int8 if lay.lm_head_precision == "int8" else mb.lm_head
         n = lay.offloaded
+        # On the CPU the engine computes in fp32 (bf16 matmuls are emulated there and many times slower), so the
+        # float weights and the KV cache take twice their checkpoint size.
+        f, fp = (1, "bf16") if on_gpu else (2, "fp32")
+        attn_precision = lay.attn_precision if on_gpu else fp
         parts = [
-            Part("token embedding", lay.embedding, "bf16", mb.embedding),
-            Part(f"attention + norms, {mb.layers} layers", where, lay.attn_precision, sum(attn)),
-            Part("router + final norm", where, "bf16", sum(mb.router) + mb.other),
+            Part("token embedding", lay.embedding, fp if lay.embedding == "cpu" and not on_gpu else "bf16",
+                 mb.embedding * f),
+            Part(f"attention + norms, {mb.layers} layers", where, attn_precision, sum(attn) * f),
+            Part("router + final norm", where, fp, (sum(mb.router) + mb.other) * f),
             Part(_layers_label("experts", n, mb.layers), where, "mxfp4", sum(mb.experts[n:])),
             Part(_layers_label("experts", 0, n), "cpu", "mxfp4", sum(mb.experts[:n])),
             # offloaded layers are computed from a GPU staging buffer that holds one layer's experts
             Part("expert staging (one layer)", where, "mxfp4", mb.expert_bytes * mb.num_experts if n and on_gpu else 0),
-            Part("lm_head", lay.lm_head, lay.lm_head_precision, lm),
-            Part(f"KV cache, {lay.context} tokens", where, "bf16", mb.kv_bytes(lay.context)),
+            Part("lm_head", lay.lm_head, lay.lm_head_precision if on_gpu else fp, lm * f),
+            Part(f"KV cache, {lay.context} tokens", where, fp, mb.kv_bytes(lay.context) * f),
             Part("workspace (prefill chunk)", where, "fp32", self.workspace),
             Part("runtime (Python, torch)", "cpu", "-", HOST_RUNTIME_BYTES),
         ]

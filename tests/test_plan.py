@@ -205,11 +205,11 @@ def test_a_requested_context_is_kept_by_offloading_more_experts() -> None:
 def test_a_requested_context_that_cannot_fit_is_refused_not_shrunk() -> None:
     p = plan("gpt-oss-20b", 0, 16, context=MAX_CONTEXT + 1)
     assert not p.fits and "at most 131072 tokens" in p.refusal_reason
-    p = plan("gpt-oss-20b", 0, 15, context=MAX_CONTEXT)
+    p = plan("gpt-oss-20b", 0, 20, context=MAX_CONTEXT)
     assert not p.fits
     option = next(s for s in p.suggestions if s.startswith("--context "))
     ctx = int(option.split()[1])
-    assert plan("gpt-oss-20b", 0, 15, context=ctx).fits and not plan("gpt-oss-20b", 0, 15, context=ctx + 1024).fits
+    assert plan("gpt-oss-20b", 0, 20, context=ctx).fits and not plan("gpt-oss-20b", 0, 20, context=ctx + 1024).fits
 
 
 def test_a_small_requested_context_is_not_padded() -> None:

@@ -49,14 +49,14 @@ def test_the_table_shows_where_each_part_goes(monkeypatch, capsys) -> None:
 def test_a_refusal_exits_1_with_the_shortfall_and_what_would_work(monkeypatch, capsys) -> None:
     code, out, err = run(monkeypatch, capsys, "gpt-oss-120b", "--vram", "0", "--ram", "32GB")
     assert code == 1 and out == ""
-    assert "error: needs 62.6 GB of RAM+VRAM, you have 32.0 GB" in err
-    assert "hint: would fit: 63 GB of available system RAM without a GPU" in err
+    assert "error: needs 66.7 GB of RAM+VRAM, you have 32.0 GB" in err
+    assert "hint: would fit: 67 GB of available system RAM without a GPU" in err
     assert "gpt-oss-20b, which fits this machine" in err
 
 
 def test_a_refusal_in_json_still_prints_the_plan_and_exits_1(monkeypatch, capsys) -> None:
     code, out, err = run(monkeypatch, capsys, "gpt-oss-120b", "--vram", "0", "--ram", "32GB", "--json")
-    assert code == 1 and not Plan.from_json(out).fits and "needs 62.6 GB" in err
+    assert code == 1 and not Plan.from_json(out).fits and "needs 66.7 GB" in err
 
 
 def test_an_unreadable_size_is_a_usage_error(monkeypatch, capsys) -> None:
