@@ -44,3 +44,26 @@ def test_fast_path_matches_reference_under_the_interpreter(tiny_model_dir: Path)
     incremental, full, fused = (float(v) for v in out.stdout.split())
     # fp32 everywhere; kernels sum in a different order than torch, so not bit-equal, but close.
     assert incremental < 1e-3 and full < 1e-3 and fused < 1e-3
+
+
+ODD_HEAD = textwrap.dedent("""
+    import sys, torch, gptoss_cli
+    from gptoss_cli.model.fast import decode_step
+    from gptoss_cli.model.random_weights import tiny_config_dict, write_checkpoint
+    d = write_checkpoint(sys.argv[1], tiny_config_dict(head_dim=24, num_hidden_layers=2), seed=2)
+    ref = gptoss_cli.load(d, device="cpu", dtype=torch.float32, fast=False)
+    fast = gptoss_cli.load(d, device="cpu", dtype=torch.float32, fast=True)
+    ids = list(range(3, 23))
+    want = ref.logits(ids)[-1]
+    fast.prefill(ids[:-1])
+    hidden = decode_step(fast.model, fast.model.embed(torch.tensor(ids[-1:])), torch.tensor([19]), fast.cache, 32)
+    print(f"{(fast.model.logits(hidden)[0] - want).abs().max().item():.3e}")
+""")
+
+
+def test_fused_step_falls_back_for_a_head_dim_the_kernels_do_not_take(tmp_path: Path) -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    out = subprocess.run([sys.executable, "-c", ODD_HEAD, str(tmp_path / "m")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout) < 1e-3

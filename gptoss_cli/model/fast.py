@@ -8,6 +8,7 @@ model the reference runs.
 from __future__ import annotations
 
 import os
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -80,6 +81,9 @@ def decode_step(model: GptOss, x: torch.Tensor, positions: torch.Tensor, cache: 
     from gptoss_kernels import rope as rope_kernels
 
     cfg, ops, eps, layers = model.cfg, model.ops, model.cfg.rms_norm_eps, model.layers
+    half = cfg.head_dim // 2
+    if half & (half - 1) or not _on_kernels(x):  # shapes the fused kernels do not take: the unfused step
+        return model.layers_forward(x, positions, partial(cache.update_static, kv_len=kv_len))
     ring_slots: dict[int, torch.Tensor] = {}
     t = norm_kernels.rms_norm(x, layers[0].attn_norm, eps)
     for i, layer in enumerate(layers):
