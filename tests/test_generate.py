@@ -137,3 +137,12 @@ def test_scripted_engine_accounts_prefix_reuse_like_the_real_one(engine) -> None
     list(scripted.generate(follow_up, max_new_tokens=2, stop=[]))
     assert scripted.stats.reused_tokens == engine.stats.reused_tokens == len(prompt) + len(real_out) - 1
     assert scripted.prompts == [prompt, follow_up]
+
+
+def test_sampling_follows_the_distribution() -> None:
+    probs = torch.tensor([0.1, 0.0, 0.6, 0.3])
+    sampler = Sampler(SamplingParams(temperature=1.0, seed=3))
+    draws = torch.tensor([sampler(torch.log(probs)) for _ in range(4000)])
+    freq = torch.bincount(draws, minlength=4).float() / len(draws)
+    assert freq[1] == 0  # a token of probability zero is never drawn
+    assert (freq - probs).abs().max() < 0.03

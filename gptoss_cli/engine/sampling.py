@@ -27,8 +27,9 @@ class SamplingParams:
 
 
 class Sampler:
-    """Stateful so one seed fixes a whole generation; the random stream lives on the CPU for reproducibility
-    across devices (only the chosen index crosses back)."""
+    """Stateful so one seed fixes a whole generation. The random numbers come from a CPU generator (the same
+    stream on any device); the draw itself is an inverse-CDF lookup where the logits are, so only the chosen
+    index crosses back to the host, not the whole distribution."""
 
     def __init__(self, params: SamplingParams) -> None:
         self.params = params
@@ -54,4 +55,7 @@ class Sampler:
             drop = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= p.top_p
             sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        return int(torch.multinomial(probs.cpu(), 1, generator=self.generator))
+        cdf = torch.cumsum(probs, dim=-1)
+        u = torch.rand((), generator=self.generator).item() * cdf[-1]
+        # the first index whose cumulative mass exceeds u: never a token of probability zero
+        return min(int(torch.searchsorted(cdf, u.reshape(1), right=True)), probs.shape[-1] - 1)
