@@ -295,12 +295,8 @@ def placement(plan: PlacementPlan | None, dev: torch.device) -> Callable[[str], 
     return device_for
 
 
-def _lm_head_to_ram(net: GptOss, plan: PlacementPlan | None) -> None:
-    """An int8 lm_head is quantized and moved with the GPU weights; the plan may want it in RAM instead."""
-    from ..model.transformer import Int8Weight
-
-    if plan is not None and plan.lm_head != "gpu" and isinstance(net.lm_head, Int8Weight):
-        net.lm_head = Int8Weight(net.lm_head.q.cpu(), net.lm_head.scale.cpu())
+def _lm_head_device(plan: PlacementPlan | None, dev: torch.device) -> torch.device:
+    return torch.device("cpu") if plan is not None and plan.lm_head != "gpu" else dev
 
 
 def load(model: Any, device: str = "auto", dtype: torch.dtype | None = None, context_length: int | None = None,
@@ -331,8 +327,8 @@ def load(model: Any, device: str = "auto", dtype: torch.dtype | None = None, con
         if progress is not None:
             progress(len(tensors), total)
     ops, note = choose_ops(dev, fast)
-    net = GptOss.from_tensors(cfg, tensors, dev, dtype, attn_int8=attn_int8, lm_head_int8=head_int8, ops=ops)
-    _lm_head_to_ram(net, plan)
+    net = GptOss.from_tensors(cfg, tensors, dev, dtype, attn_int8=attn_int8, lm_head_int8=head_int8, ops=ops,
+                              lm_head_device=_lm_head_device(plan, dev))
     ctx = context_length or (plan.context_length if plan is not None else cfg.max_position_embeddings)
     chunk = plan.prefill_chunk if plan is not None else 1024
     slots = plan.expert_cache_slots if plan is not None else 0
@@ -358,8 +354,8 @@ def load_random(cfg: GptOssConfig, device: str = "auto", dtype: torch.dtype | No
         int8 = plan.attn_precision == "int8"
     head_int8 = plan.lm_head_precision == "int8" if plan is not None else int8
     ops, note = choose_ops(dev, fast)
-    net = GptOss.from_tensors(cfg, tensors, dev, dtype, attn_int8=int8, lm_head_int8=head_int8, ops=ops)
-    _lm_head_to_ram(net, plan)
+    net = GptOss.from_tensors(cfg, tensors, dev, dtype, attn_int8=int8, lm_head_int8=head_int8, ops=ops,
+                              lm_head_device=_lm_head_device(plan, dev))
     slots = plan.expert_cache_slots if plan is not None else 0
     ctx = plan.context_length if plan is not None else context_length
     chunk = plan.prefill_chunk if plan is not None else 1024

@@ -185,9 +185,10 @@ class GptOss:
     @classmethod
     def from_tensors(cls, cfg: GptOssConfig, tensors: dict[str, torch.Tensor], device: torch.device,
                      dtype: torch.dtype, attn_int8: bool = False, lm_head_int8: bool = False,
-                     ops: Ops = REFERENCE_OPS) -> "GptOss":
+                     ops: Ops = REFERENCE_OPS, lm_head_device: torch.device | None = None) -> "GptOss":
         """Build from hub-named tensors; norms and sinks are kept in fp32. Attention and lm_head weights are
-        quantized to int8 where asked (wherever they were loaded; the result moves to ``device``)."""
+        quantized to int8 where asked (wherever they were loaded); the results go to ``device``, an int8 lm_head
+        to ``lm_head_device`` when the plan keeps it in RAM."""
 
         def get(name: str) -> torch.Tensor:
             return tensors.pop(name)
@@ -195,11 +196,11 @@ class GptOss:
         def maybe(name: str) -> torch.Tensor | None:
             return tensors.pop(name, None)
 
-        def weight(w: torch.Tensor, int8: bool) -> Weight:
+        def weight(w: torch.Tensor, int8: bool, to: torch.device = device) -> Weight:
             if not int8:
-                return w.to(device)
+                return w.to(to)
             q = Int8Weight.quantize(w)
-            return Int8Weight(q.q.to(device), q.scale.to(device))
+            return Int8Weight(q.q.to(to), q.scale.to(to))
 
         def stacked(*names: str) -> torch.Tensor | None:
             parts = [maybe(n) for n in names]
@@ -229,7 +230,7 @@ class GptOss:
         embedding = get("model.embed_tokens.weight")
         lm_head = embedding if cfg.tie_word_embeddings else get("lm_head.weight")
         if lm_head_int8:
-            lm_head = weight(lm_head, True)
+            lm_head = weight(lm_head, True, lm_head_device or device)
         return cls(cfg, layers, embedding, get("model.norm.weight").float(), lm_head, device, dtype, ops)
 
     def rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
