@@ -129,6 +129,13 @@ def bench_moe(sweep: bool, budget: float) -> None:
     ms = timed(decode_all) / len(layers)
     record("moe_decode T=1 (3 kernels) per layer", ms, nbytes=gate_up_b + down_b + router_b,
            cfg=json.dumps(moe_kernels.DECODE_CONFIG))
+    f16x2 = moe_kernels._f16x2
+    moe_kernels._f16x2 = lambda dtype: False  # the exact fp32 GEMVs on the same bf16 activations, for comparison
+    try:
+        record("moe_decode T=1 per layer, fp32 GEMVs", timed(decode_all) / len(layers),
+               nbytes=gate_up_b + down_b + router_b)
+    finally:
+        moe_kernels._f16x2 = f16x2
     if sweep:
         sweep_moe_decode(layers, x1, budget)
     bench_moe_kernels(layers, x1)
@@ -168,8 +175,9 @@ def sweep_moe_decode(layers: list, x1: torch.Tensor, budget: float) -> None:
     gate_up_b, down_b, router_b = moe_decode_bytes(TOP_K)
     base = {k: dict(v) for k, v in moe_kernels.DECODE_CONFIG.items()}
     candidates = {
-        "gate_up": [(4, 32, 4), (8, 32, 8), (8, 16, 4), (16, 16, 8), (2, 32, 2), (16, 8, 8)],
-        "down": [(4, 32, 4), (8, 32, 8), (8, 16, 4), (16, 16, 8), (2, 32, 2), (16, 8, 4)],
+        # the fp16x2 gate_up GEMV packs whole 8-column words of h: BLOCK_N a multiple of 16
+        "gate_up": [(16, 8, 8), (16, 16, 4), (32, 8, 8), (16, 4, 4), (32, 4, 4)],
+        "down": [(8, 16, 4), (16, 8, 4), (4, 16, 4), (4, 8, 2), (8, 4, 4), (16, 4, 4)],
     }
     for kernel, cands in candidates.items():
         best = None
@@ -192,8 +200,8 @@ def sweep_moe_decode(layers: list, x1: torch.Tensor, budget: float) -> None:
 def bench_moe_kernels(layers: list, x1: torch.Tensor) -> None:
     """Each decode kernel alone, through the same launch helpers moe_decode uses, with the current configs."""
     gate_up_b, down_b, router_b = moe_decode_bytes(TOP_K)
-    logits = moe_kernels.router_logits(x1, *layers[0][:2])
-    ids, wts, h = moe_kernels.gate_up_decode(x1, logits, *layers[0][2:5], TOP_K, 1.702, 7.0)
+    routing = moe_kernels.router_logits(x1, *layers[0][:2])
+    ids, wts, h = moe_kernels.gate_up_decode(x1, routing, *layers[0][2:5], TOP_K, 1.702, 7.0)
     out = torch.empty_like(x1)
 
     def router() -> None:
@@ -202,11 +210,11 @@ def bench_moe_kernels(layers: list, x1: torch.Tensor) -> None:
 
     def gate_up() -> None:
         for layer in layers:
-            moe_kernels.gate_up_decode(x1, logits, *layer[2:5], TOP_K, 1.702, 7.0)
+            moe_kernels.gate_up_decode(x1, routing, *layer[2:5], TOP_K, 1.702, 7.0)
 
     def down() -> None:
         for layer in layers:
-            moe_kernels.down_decode(h, ids, wts, *layer[5:8], TOP_K, out)
+            moe_kernels.down_decode(h, ids, wts, *layer[5:8], TOP_K, 7.0, out)
 
     for name, fn, nbytes in (("router logits", router, router_b), ("gate_up+swiglu GEMV", gate_up, gate_up_b),
                              ("down GEMV (sum over k)", down, down_b)):

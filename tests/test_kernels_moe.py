@@ -102,3 +102,51 @@ def test_rejects_mismatched_expert_shapes() -> None:
     args[3] = args[3][:, :, :1]  # gate_up blocks for hidden size 32, not 64
     with pytest.raises(ValueError, match="do not fit hidden size 64"):
         moe_kernels.moe(*args, top_k=1)
+
+
+def _true_moe(x: torch.Tensor, args: tuple, top_k: int) -> torch.Tensor:
+    """The reference's function in float64 (no bf16 rounding of h): the oracle for precision, not bit equality."""
+    wide = [a.double() if a.is_floating_point() else a for a in args]
+    return moe_kernels.moe_reference(x.double(), *wide, top_k).double()
+
+
+@pytest.mark.parametrize("x_scale", [1.0, 3e3, 1e-3], ids=["unit", "large", "small"])
+def test_fp16x2_decode_error_stays_near_the_bf16_reference(x_scale: float) -> None:
+    """bf16 activations take the fp16x2 GEMVs: each 32-element group is summed in fp16 (exact products, 16 terms a
+    lane, ~6e-4 relative), so the output is not bit-equal to the fp32 reference, and the SwiGLU's (up + 1) carries
+    the gate_up error into h. Pin how far it may be: against a float64 oracle its error stays within a few times
+    the bf16 reference's own (which rounds h and the output to bf16; Triton's CPU interpreter truncates those casts
+    instead of rounding, which roughly doubles the kernel's share here), for activations far above and below 1,
+    where a fixed fp16 scaling would overflow or flush to zero. A wrong pairing, sign or scale is O(1) off."""
+    T, H, I, E, top_k = 2, 256, 128, 4, 2
+    x, *args = _inputs(T, H, I, E, top_k, torch.bfloat16, seed=7)
+    x = (x.float() * x_scale).to(torch.bfloat16)
+    args[4] = (args[4].float() / 8).to(torch.bfloat16)  # SwiGLU mostly inside the clamp, where errors show
+    true = _true_moe(x, tuple(args), top_k)
+    ref = moe_kernels.moe_reference(x, *args, top_k).double()
+    out = moe_kernels.moe_decode(x, *args, top_k).double()
+    assert torch.isfinite(out).all()
+    ref_err = ((ref - true).norm() / true.norm()).item()
+    out_err = ((out - true).norm() / true.norm()).item()
+    assert out_err <= 6 * ref_err, (out_err, ref_err)
+
+
+def test_fp16x2_down_gemv_sums_groups_to_fp16_precision() -> None:
+    """The down GEMV alone, written to an fp32 output: relative error against float64 of the order of fp16's
+    2**-11 (the packed h is exact), far below bf16's 2**-8 — a wrong pairing or scale would be O(1)."""
+    T, H, I, E, top_k = 1, 96, 256, 3, 2
+    x, *args = _inputs(T, H, I, E, top_k, torch.bfloat16, seed=3)
+    routing = moe_kernels.router_logits(x, args[0], args[1])
+    ids, wts, h = moe_kernels.gate_up_decode(x, routing, args[2], args[3], args[4], top_k, 1.702, 7.0)
+    assert h.dtype == torch.int32  # fp16 pairs
+    out = torch.empty(T, H, dtype=torch.float32, device=x.device)
+    moe_kernels.down_decode(h, ids, wts, args[5], args[6], args[7], top_k, 7.0, out)
+    lanes = h.cpu().view(torch.int16).view(torch.float16).double().view(T * top_k, I // 8, 4, 2)
+    h_vals = lanes.permute(0, 1, 3, 2).reshape(T * top_k, I) / 2.0 ** moe_kernels._h_exp(7.0)
+    true = torch.zeros(T, H, dtype=torch.float64)
+    for r, (e, w) in enumerate(zip(ids.tolist(), wts.tolist())):
+        from gptoss_kernels import mxfp4
+        w2 = mxfp4.dequantize(args[5][e].cpu(), args[6][e].cpu(), torch.float64)
+        true[r // top_k] += w * (h_vals[r] @ w2.T + args[7][e].cpu().double())
+    err = ((out.cpu().double() - true).norm() / true.norm()).item()
+    assert err < 2e-3, err
