@@ -24,6 +24,7 @@ import torch
 import triton
 import triton.testing
 from gptoss_kernels import attention as attn
+from gptoss_kernels import gemv as gemv_kernels
 from gptoss_kernels import int8 as int8_kernels
 from gptoss_kernels import moe as moe_kernels
 from gptoss_kernels import norm as norm_kernels
@@ -176,7 +177,7 @@ def sweep_moe_decode(layers: list, x1: torch.Tensor, budget: float) -> None:
     base = {k: dict(v) for k, v in moe_kernels.DECODE_CONFIG.items()}
     candidates = {
         # the fp16x2 gate_up GEMV packs whole 8-column words of h: BLOCK_N a multiple of 16
-        "gate_up": [(16, 8, 8), (16, 16, 4), (32, 8, 8), (16, 4, 4), (32, 4, 4)],
+        "gate_up": [(16, 16, 4), (16, 8, 4), (16, 16, 2), (32, 8, 4), (16, 32, 4)],
         "down": [(8, 16, 4), (16, 8, 4), (4, 16, 4), (4, 8, 2), (8, 4, 4), (16, 4, 4)],
     }
     for kernel, cands in candidates.items():
@@ -328,12 +329,33 @@ def bench_int8(sweep: bool, budget: float) -> None:
             for _, _, b_, w_ in weights:
                 torch.nn.functional.linear(x, w_, b_)
 
+        def run_gemv(weights: list = weights, x: torch.Tensor = x) -> None:
+            for _, _, b_, w_ in weights:
+                gemv_kernels.linear(x, w_, b_)
+
+        check(f"gemv bf16 {name} T=1", gemv_kernels.linear(x, wb, b),
+              torch.nn.functional.linear(x.float(), wb.float(), None if b is None else b.float()), 2**-6)
         record(f"linear_int8 {name} T=1 [{N}x{K}]", timed(run) / copies, nbytes=nbytes)
         record(f"  torch bf16 linear {name} T=1 (cuBLAS)", timed(run_bf16) / copies, nbytes=2 * N * K)
+        record(f"  triton bf16 GEMV {name} T=1", timed(run_gemv) / copies, nbytes=2 * N * K,
+               cfg=json.dumps(gemv_kernels.GEMV_CONFIG_LARGE if 2 * N * K >= gemv_kernels.GEMV_LARGE_BYTES
+                              else gemv_kernels.GEMV_CONFIG))
+        if sweep and time.time() - START < budget:
+            gcfgs = gemv_kernels.GEMV_CONFIG, gemv_kernels.GEMV_CONFIG_LARGE
+            base_g = [dict(c) for c in gcfgs]
+            for bn, bk, nw in ((4, 512, 4), (16, 512, 4), (8, 1024, 4), (4, 1024, 4), (16, 256, 4), (8, 256, 2),
+                               (2, 1024, 2)):
+                for c in gcfgs:
+                    c.update(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
+                record(f"  triton bf16 GEMV {name} sweep", timed(run_gemv) / copies, nbytes=2 * N * K,
+                       cfg=f"{bn}x{bk} w{nw}")
+            for c, saved in zip(gcfgs, base_g):
+                c.clear()
+                c.update(saved)
         if sweep and time.time() - START < budget:
             cfgs = int8_kernels.GEMV_CONFIG, int8_kernels.GEMV_CONFIG_SMALL
             base = [dict(c) for c in cfgs]
-            for bn, bk, nw in ((32, 512, 8), (16, 2048, 8), (8, 1024, 4), (32, 1024, 8)):
+            for bn, bk, nw in ((32, 512, 8), (8, 1024, 4), (4, 1024, 4), (8, 512, 4), (4, 512, 2)):
                 for cfg in cfgs:
                     cfg.update(BLOCK_N=bn, BLOCK_K=bk, num_warps=nw)
                 record(f"  linear_int8 {name} sweep", timed(run) / copies, nbytes=nbytes, cfg=f"{bn}x{bk} w{nw}")

@@ -120,7 +120,7 @@ def _gemm_kernel(x_ptr, q_ptr, scale_ptr, bias_ptr, y_ptr, T, N, K, stride_x, st
 
 # Launch shapes, chosen on an H200 (see .notes/kernels.md); the benchmark script overrides them to sweep.
 GEMV_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 512, "num_warps": 4}  # large matrices (lm_head)
-GEMV_CONFIG_SMALL = {"BLOCK_N": 16, "BLOCK_K": 1024, "num_warps": 4}  # below GEMV_SMALL_BYTES: fewer, longer loads
+GEMV_CONFIG_SMALL = {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4}  # below GEMV_SMALL_BYTES: fewer, longer loads
 GEMV_SMALL_BYTES = 64 * 2**20
 GEMM_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
 

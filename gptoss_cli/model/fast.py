@@ -11,7 +11,6 @@ import os
 from functools import partial
 
 import torch
-import torch.nn.functional as F
 
 from . import transformer as ref
 from .cache import KVCache
@@ -40,6 +39,7 @@ def _on_kernels(x: torch.Tensor) -> bool:
 
 def fast_ops() -> Ops:
     from gptoss_kernels import attention as attn_kernels
+    from gptoss_kernels import gemv as gemv_kernels
     from gptoss_kernels import int8 as int8_kernels
     from gptoss_kernels import moe as moe_kernels
     from gptoss_kernels import norm as norm_kernels
@@ -49,7 +49,7 @@ def fast_ops() -> Ops:
             if w.q.device != x.device:
                 return ref.linear(x, w, b)
             return int8_kernels.linear_int8(x, w.q, w.scale, b)
-        return F.linear(x, w, b)
+        return gemv_kernels.linear(x, w, b)
 
     def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         if not _on_kernels(x):
