@@ -1,11 +1,15 @@
 """Expert offload under VRAM caps (issue 9): random weights at the real shape, the plan's placement, batch 1.
 
-    python benchmarks/gpu_offload.py [--cases 20b:4,20b:8,120b:24] [--out DIR]
+    python benchmarks/gpu_offload.py [--cases 20b:4,20b:8,120b:24] [--modes gpu,auto] [--out DIR]
+    python benchmarks/gpu_offload.py --smoke      # a tiny model on the CPU: checks the script's code paths
 
 For each case: plan for a GPU capped at N GiB (context 4096, as llama-bench's pp512/tg128 runs), build the model
-in memory as the plan places it, cap the process at N GiB, then time prefill of 512 tokens and decode of 64 tokens
-(median of 3), with the expert cache's hit rate and the bytes copied from host RAM per token. Random routing is
-the pessimistic case for a cache (real models reuse experts across neighbouring tokens).
+in memory as the plan places it, cap the process at N GiB, then time prefill of 512 tokens once and decode of 64
+tokens (median of 3) in each mode, with the expert cache's hit rate, the bytes copied from host RAM per token and
+the experts computed on the CPU per token. Modes set how many decode misses the CPU computes while the others
+cross PCIe: ``gpu`` none (every miss is copied), ``auto`` the cost model's split (measured PCIe and CPU expert
+rates, printed first), a number a fixed fraction of the misses. Random routing is the pessimistic case for a
+cache (real models reuse experts across neighbouring tokens).
 """
 
 from __future__ import annotations
@@ -13,103 +17,163 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
+from gptoss_cli.engine import cpu_experts
 from gptoss_cli.engine.generator import load_random
+from gptoss_cli.engine.offload import measure_costs, measure_h2d, with_offload
 from gptoss_cli.hardware import GiB, HardwareOverride, detect
-from gptoss_cli.model.config import official_config
+from gptoss_cli.model.config import GptOssConfig, official_config
+from gptoss_cli.model.random_weights import tiny_config_dict
 from gptoss_cli.plan import Wishes, make_plan
 from gptoss_cli.sizes import tensor_sizes
 
 
-def h2d_bandwidth() -> float:
-    src = torch.empty(512 << 20, dtype=torch.uint8).pin_memory()
-    dst = torch.empty(src.shape, dtype=torch.uint8, device="cuda")
-    times = []
-    for _ in range(6):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        dst.copy_(src, non_blocking=True)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return src.nbytes / statistics.median(times[1:]) / 1e9
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
-def run_case(name: str, cap_gib: float) -> dict:
+def build(name: str, cap_gib: float, smoke: bool) -> tuple:
+    """The engine as the plan places it (on CUDA), or a tiny CPU model with two offloaded layers (smoke)."""
+    if smoke:
+        cfg = GptOssConfig.from_dict(tiny_config_dict())
+        engine = load_random(cfg, device="cpu", dtype=torch.float32, context_length=1024)
+        layers = [0, 2]
+        engine.offload = with_offload(engine.model, 3, layers, costs=measure_costs("cpu", cfg.hidden_size,
+                                                                                 cfg.intermediate_size))
+        plan = SimpleNamespace(experts_on_gpu=(1,), expert_cache_slots=3, attn_precision="fp32",
+                               lm_head="cpu", lm_head_precision="fp32", gpu_bytes=0, est_decode_tok_s=0.0)
+        return cfg, plan, engine
     cfg = official_config(f"gpt-oss-{name}")
     hw = detect(HardwareOverride(vram_bytes=int(cap_gib * GiB)))
     plan = make_plan(cfg, tensor_sizes(cfg), hw, Wishes(context=4096), model=f"gpt-oss-{name}")
     assert plan.fits, plan.refusal_reason
+    return cfg, plan, load_random(cfg, device="cuda", plan=plan)
+
+
+def set_mode(off, mode: str) -> None:
+    """gpu: no CPU experts; auto: the cost model; a number: that fraction of each decode call's misses."""
+    if off is None:
+        return
+    off.cpu_fraction = 0.0 if mode == "gpu" else (None if mode == "auto" else float(mode))
+    if mode == "auto" and off.costs is None:
+        raise SystemExit("mode auto needs the offload's measured costs (numba installed, CUDA device)")
+
+
+def run_case(name: str, cap_gib: float, modes: list[str], smoke: bool, tokens: int, prompt: int) -> dict:
     t0 = time.perf_counter()
-    engine = load_random(cfg, device="cuda", plan=plan)
-    build = time.perf_counter() - t0
+    cfg, plan, engine = build(name, cap_gib, smoke)
+    build_s = time.perf_counter() - t0
+    dev = engine.device
+    cuda = dev.type == "cuda"
     gc.collect()
-    torch.cuda.empty_cache()
-    total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * GiB / total))
-    torch.cuda.reset_peak_memory_stats()
-    ids = torch.randint(0, 199998, (512,), generator=torch.Generator().manual_seed(0)).tolist()
-    prefill, decode, per_token = [], [], []
-    for r in range(3):
-        engine.reset()
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        logits = engine.prefill(ids)
-        int(logits.argmax())
-        prefill.append(len(ids) / (time.perf_counter() - t))
-        off = engine.offload
-        hits0, miss0, bytes0 = (off.stats.hits, off.stats.misses, off.stats.bytes_from_host) if off else (0, 0, 0)
-        last = int(logits.argmax())
-        torch.cuda.synchronize()
-        t = time.perf_counter()
-        for _ in range(64):
-            last = int(engine.step(last).argmax())
-        decode.append(64 / (time.perf_counter() - t))
-        if off:
-            h, m = off.stats.hits - hits0, off.stats.misses - miss0
-            per_token.append(((off.stats.bytes_from_host - bytes0) / 64, h / max(h + m, 1)))
+    if cuda:
+        torch.cuda.empty_cache()
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap_gib * GiB / total))
+        torch.cuda.reset_peak_memory_stats()
+    off = engine.offload
+    ids = torch.randint(0, min(cfg.vocab_size, 199998), (prompt,),
+                        generator=torch.Generator().manual_seed(0)).tolist()
     row = {
-        "model": f"gpt-oss-{name}", "cap_gib": cap_gib, "experts_on_gpu_layers": len(plan.experts_on_gpu),
-        "offloaded_layers": cfg.num_hidden_layers - len(plan.experts_on_gpu),
+        "model": "tiny (smoke, CPU)" if smoke else f"gpt-oss-{name}", "cap_gib": cap_gib,
+        "experts_on_gpu_layers": len(plan.experts_on_gpu), "offloaded_layers": len(off.layers) if off else 0,
         "expert_cache_slots": plan.expert_cache_slots, "attn": plan.attn_precision,
-        "lm_head": f"{plan.lm_head}/{plan.lm_head_precision}", "path": engine.path_name,
-        "build_seconds": build, "prefill512_tok_s": statistics.median(prefill),
-        "decode_tok_s": statistics.median(decode),
-        "decode_bytes_from_host_per_token": statistics.median(p[0] for p in per_token) if per_token else 0,
-        "decode_cache_hit_rate": statistics.median(p[1] for p in per_token) if per_token else 1.0,
-        "peak_gpu_bytes": torch.cuda.max_memory_allocated(), "plan_gpu_bytes": plan.gpu_bytes,
-        "plan_est_decode_tok_s": plan.est_decode_tok_s,
+        "lm_head": f"{plan.lm_head}/{plan.lm_head_precision}", "path": engine.path_name, "build_seconds": build_s,
+        "offload_costs": off.costs.to_dict() if off and off.costs else None, "cpu_threads": off.cpu_threads if off else 0,
+        "modes": {},
     }
+    prefill = []
+    for mode in modes:
+        set_mode(off, mode)
+        decode, per_token = [], []
+        for _ in range(3):
+            engine.reset()
+            sync(dev)
+            t = time.perf_counter()
+            logits = engine.prefill(ids)
+            last = int(logits.argmax())
+            if mode == modes[0]:
+                prefill.append(len(ids) / (time.perf_counter() - t))
+            s0 = SimpleNamespace(**vars(off.stats)) if off else None
+            sync(dev)
+            t = time.perf_counter()
+            for _ in range(tokens):
+                last = int(engine.step(last).argmax())
+            decode.append(tokens / (time.perf_counter() - t))
+            if off:
+                d = {k: getattr(off.stats, k) - getattr(s0, k) for k in vars(s0)}
+                routed = d["hits"] + d["misses"]
+                per_token.append({"bytes_from_host": d["bytes_from_host"] / tokens,
+                                  "cpu_experts": d["cpu_experts"] / tokens, "misses": d["misses"] / tokens,
+                                  "hit_rate": d["hits"] / max(routed, 1),
+                                  "cpu_ms": 1e3 * d["cpu_seconds"] / tokens,
+                                  "cpu_wait_ms": 1e3 * d["cpu_wait_seconds"] / tokens})
+        med = {k: statistics.median(p[k] for p in per_token) for k in per_token[0]} if per_token else {}
+        row["modes"][mode] = {"decode_tok_s": statistics.median(decode),
+                              **{f"decode_{k}_per_token" if k not in ("hit_rate",) else "decode_cache_hit_rate": v
+                                 for k, v in med.items()}}
+    row["prefill512_tok_s"] = statistics.median(prefill)
+    row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated() if cuda else 0
+    row["plan_gpu_bytes"] = plan.gpu_bytes
+    row["plan_est_decode_tok_s"] = plan.est_decode_tok_s
     print(json.dumps(row), flush=True)
-    del engine
+    del engine, off
     gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.set_per_process_memory_fraction(1.0)
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(1.0)
     return row
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="20b:4,20b:8,120b:24")
+    ap.add_argument("--modes", default="gpu,auto", help="comma-separated: gpu, auto, or a CPU fraction like 0.5")
+    ap.add_argument("--tokens", type=int, default=64, help="decode tokens per run")
+    ap.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (no GPU needed)")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
-    out = {"gpu": torch.cuda.get_device_name(), "h2d_pinned_gb_s": h2d_bandwidth(), "cases": []}
-    print(f"host->GPU pinned copy: {out['h2d_pinned_gb_s']:.1f} GB/s", flush=True)
-    for case in args.cases.split(","):
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    smoke = args.smoke or not torch.cuda.is_available()
+    if smoke and not args.smoke:
+        print("no CUDA device: running the CPU smoke test", flush=True)
+    dev = torch.device("cpu" if smoke else "cuda")
+    t0 = time.perf_counter()
+    numba_ok = cpu_experts.kernels() is not None
+    compile_s = cpu_experts.warm_up() if numba_ok else 0.0
+    costs = measure_costs(dev, 64, 64) if smoke else measure_costs(dev)
+    out = {"gpu": "cpu" if smoke else torch.cuda.get_device_name(), "cpu_cores": os.cpu_count(),
+           "numba": numba_ok, "numba_error": cpu_experts.numba_error, "cpu_kernel_warm_up_s": compile_s,
+           "h2d_gb_s": measure_h2d(dev, 512 << 20 if not smoke else 16 << 20) / 1e9,
+           "expert_costs": costs.to_dict(), "measure_s": time.perf_counter() - t0, "cases": []}
+    print(f"host->{dev.type} copy {out['h2d_gb_s']:.1f} GB/s; CPU experts {costs.cpu_bytes_s / 1e9:.1f} GB/s on "
+          f"{costs.cpu_threads} threads (numba {numba_ok}, warm-up {compile_s:.1f} s); cost-model "
+          f"CPU share of misses {costs.cpu_fraction:.2f}", flush=True)
+    cases = ["tiny:0"] if smoke else args.cases.split(",")
+    for case in cases:
         name, cap = case.split(":")
-        out["cases"].append(run_case(name, float(cap)))
+        out["cases"].append(run_case(name, float(cap), modes, smoke, args.tokens if not smoke else 8,
+                                     512 if not smoke else 40))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "offload.json").write_text(json.dumps(out, indent=2))
     for r in out["cases"]:
-        print(f"{r['model']:<13} cap {r['cap_gib']:>4} GiB  offloaded {r['offloaded_layers']:>2} layers  "
-              f"pp512 {r['prefill512_tok_s']:8.0f}  tg {r['decode_tok_s']:6.1f} tok/s  "
-              f"hit {r['decode_cache_hit_rate']:.2f}  {r['decode_bytes_from_host_per_token'] / 1e6:.0f} MB/token")
+        for mode, m in r["modes"].items():
+            print(f"{r['model']:<13} cap {r['cap_gib']:>4} GiB  offloaded {r['offloaded_layers']:>2} layers  "
+                  f"pp512 {r['prefill512_tok_s']:8.0f}  mode {mode:<5} tg {m['decode_tok_s']:6.1f} tok/s  "
+                  f"hit {m.get('decode_cache_hit_rate', 1.0):.2f}  "
+                  f"{m.get('decode_bytes_from_host_per_token', 0) / 1e6:.0f} MB/token over PCIe  "
+                  f"{m.get('decode_cpu_experts_per_token', 0):.1f} CPU experts/token "
+                  f"(CPU {m.get('decode_cpu_ms_per_token', 0):.2f} ms, waited {m.get('decode_cpu_wait_ms_per_token', 0):.2f} ms)")
     return 0
 
 

@@ -74,4 +74,10 @@ def render(result: BenchResult) -> Table:
         table.add_row(f"tg @ depth {depth}", f"{rate:,.1f}", note)
     table.caption = (f"load {result.load_seconds:.1f} s · peak GPU memory {result.peak_memory_bytes / 1e9:.2f} GB · "
                      f"copy bandwidth {result.bandwidth_gb_s:,.0f} GB/s")
+    if result.offload:
+        o = result.offload
+        table.caption += (f"\nexperts of {o['layers']} layers in RAM: per decode token "
+                          f"{o['pcie_bytes_per_token'] / 1e6:,.0f} MB over PCIe, "
+                          f"{o['cpu_experts_per_token']:.1f} experts computed on the CPU, cache hit rate "
+                          f"{o['hit_rate']:.0%}")
     return table

@@ -36,3 +36,21 @@ def test_bench_needs_a_model_or_random() -> None:
     out = subprocess.run([sys.executable, "-m", "gptoss_cli", "bench", "--device", "cpu"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 2 and "--random" in out.stderr
+
+
+def test_bench_reports_offloaded_experts(tiny_model_dir: Path) -> None:
+    import torch
+
+    import gptoss_cli
+    from gptoss_cli.bench_view import render
+    from gptoss_cli.engine.bench import run_bench
+    from gptoss_cli.engine.offload import with_offload
+
+    engine = gptoss_cli.load(tiny_model_dir, device="cpu", dtype=torch.float32, context_length=128)
+    engine.offload = with_offload(engine.model, 2, [0, 2], cpu_fraction=0.5)
+    result = run_bench(engine, "tiny", [16], [8], decode_tokens=4, repeats=1)
+    o = result.offload
+    assert o is not None and o["layers"] == 2 and o["cpu_fraction"] == 0.5
+    assert o["cpu_experts_per_token"] > 0 and o["pcie_bytes_per_token"] >= 0 and 0 <= o["hit_rate"] <= 1
+    assert "computed on the CPU" in str(render(result).caption)
+    assert json.loads(json.dumps(result.to_dict()))["offload"]["layers"] == 2

@@ -16,6 +16,7 @@ import torch
 
 from ..model.config import GptOssConfig
 from .generator import Engine
+from .offload import ExpertOffload
 
 
 @dataclass
@@ -31,6 +32,8 @@ class BenchResult:
     peak_memory_bytes: int = 0
     bandwidth_gb_s: float = 0.0
     repeats: int = 0
+    # experts the plan keeps in RAM: per decode token, what crossed PCIe and what the CPU computed (None: no offload)
+    offload: dict | None = None
 
     def percent_of_floor(self, depth: int) -> float:
         floor = self.floor_tok_s.get(depth, 0.0)
@@ -116,6 +119,8 @@ def run_bench(engine: Engine, name: str, prompts: list[int], depths: list[int], 
             ttfts.append(elapsed * 1000)
         result.prefill_tok_s[n] = statistics.median(runs)
         result.ttft_ms[n] = statistics.median(ttfts)
+    off = engine.offload
+    moved = {"tokens": 0, "hits": 0, "misses": 0, "bytes_from_host": 0, "cpu_experts": 0}
     for depth in depths:
         runs = []
         for r in range(repeats):
@@ -127,14 +132,31 @@ def run_bench(engine: Engine, name: str, prompts: list[int], depths: list[int], 
             t0 = time.perf_counter()
             produced = 0
             last = ids[-1]
+            before = {k: getattr(off.stats, k) for k in moved if k != "tokens"} if off else {}
             for produced in range(1, decode_tokens + 1):
                 logits = engine.step(last)
                 last = int(torch.argmax(logits))
             _sync(dev)
             runs.append(produced / (time.perf_counter() - t0))
+            if off:
+                moved["tokens"] += produced
+                for k, v in before.items():
+                    moved[k] += getattr(off.stats, k) - v
         result.decode_tok_s[depth] = statistics.median(runs)
         if result.bandwidth_gb_s:
             result.floor_tok_s[depth] = result.bandwidth_gb_s * 1e9 / decode_bytes_per_token(cfg, depth)
     if dev.type == "cuda":
         result.peak_memory_bytes = torch.cuda.max_memory_allocated(dev)
+    if off:
+        result.offload = offload_summary(off, moved)
     return result
+
+
+def offload_summary(off: ExpertOffload, moved: dict[str, int]) -> dict:
+    """Per decode token: PCIe bytes, CPU-computed experts, cache hit rate; plus the measured costs."""
+    n = max(moved["tokens"], 1)
+    routed = moved["hits"] + moved["misses"]
+    return {"layers": len(off.layers), "cache_slots": off.capacity,
+            "pcie_bytes_per_token": moved["bytes_from_host"] / n, "cpu_experts_per_token": moved["cpu_experts"] / n,
+            "hit_rate": moved["hits"] / routed if routed else 0.0,
+            "cpu_fraction": off.cpu_fraction, "costs": off.costs.to_dict() if off.costs else None}

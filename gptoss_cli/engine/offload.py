@@ -1,34 +1,55 @@
-"""Experts kept off the GPU: pinned host RAM, MXFP4-packed, served through a GPU expert cache.
+"""Experts kept off the GPU: pinned host RAM, MXFP4-packed, served through a GPU expert cache and the CPU.
 
 Only k of E experts run per token and layer, so a layer whose experts live in RAM needs k experts' bytes on the GPU
 for a decode step (4 x 13.2 MB for gpt-oss), not all of them. Each call routes on the GPU, reads the chosen ids
 (one small host synchronisation per offloaded layer), and assembles those experts in a staging buffer indexed by
 expert id: from the cache's GPU slots when they are there (a device copy), else from pinned RAM over PCIe (then
-kept in the cache, least recently used out). The regular Triton MoE kernels then run on the staging buffer, so
-offloaded layers compute exactly what resident ones do. Prefill chunks route many tokens at once and stream each
-needed expert to the GPU once per chunk.
+kept in the cache, least recently used out). The regular MoE kernels then run on the staging buffer, so offloaded
+layers compute exactly what resident ones do. Prefill chunks route many tokens at once and stream each needed
+expert to the GPU once per chunk.
 
-Not done here (see the issue note): computing misses on the CPU, and prefetching the next layer's experts.
+Decode (one token) can also compute some of the misses on the CPU, where their bytes already are (as llama.cpp
+and Fiddler do): a worker thread runs engine/cpu_experts.py on those experts while the main thread copies the
+other misses over PCIe and runs the GPU kernels, then the CPU's fp32 sum is added to the GPU's result. The GPU
+kernels still see all k routed experts, but a CPU-computed one is staged as zeros with zero biases, so it adds
+exactly 0 there. How many misses go to the CPU comes from ``OffloadCosts`` (PCIe and CPU expert bytes/s measured
+once per process, ``measure_costs``): the split that finishes both sides earliest. ``cpu_fraction`` forces a
+share instead (0: every miss crosses PCIe, as before), and so does the environment variable
+``GPTOSS_CPU_EXPERTS`` (a fraction in [0, 1], or ``auto``).
+
+Not done here: prefetching the next layer's experts.
 """
 
 from __future__ import annotations
 
+import os
+import statistics
+import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..model import transformer
 from ..model.config import GptOssConfig
 from ..model.transformer import GptOss, Layer, Ops
+from . import cpu_experts
+
+CPU_EXPERTS_ENV = "GPTOSS_CPU_EXPERTS"
 
 
 @dataclass
 class OffloadStats:
-    hits: int = 0
-    misses: int = 0
-    bytes_from_host: int = 0
+    hits: int = 0  # routed experts found in the GPU cache
+    misses: int = 0  # routed experts not in the cache: copied over PCIe or computed on the CPU
+    bytes_from_host: int = 0  # bytes copied over PCIe (misses not computed on the CPU)
     calls: int = 0
+    cpu_experts: int = 0  # misses computed on the CPU (one-token decode calls only)
+    cpu_seconds: float = 0.0  # time the CPU expert work took (it overlaps the PCIe copies and GPU kernels)
+    cpu_wait_seconds: float = 0.0  # time the main thread then still waited for it (the CPU was the slower side)
 
     @property
     def hit_rate(self) -> float:
@@ -36,20 +57,128 @@ class OffloadStats:
         return self.hits / total if total else 0.0
 
 
-class ExpertOffload:
-    """The host copies of offloaded layers' experts, a GPU staging buffer and an LRU cache of GPU slots."""
+def expert_bytes_at(hidden: int, intermediate: int) -> int:
+    """Packed bytes of one expert (gate_up and down blocks plus scales): 4.25 bits per weight."""
+    return (2 * intermediate * hidden + hidden * intermediate) * 17 // 32
 
-    def __init__(self, model: GptOss, cache_slots: int, layers: list[int] | None = None) -> None:
-        """``layers`` defaults to those whose experts are not on the compute device (as the plan placed them)."""
+
+@dataclass
+class OffloadCosts:
+    """What moving or computing a missed expert costs on this machine (measured by ``measure_costs``)."""
+
+    pcie_bytes_s: float  # pinned host -> GPU copy rate
+    cpu_bytes_s: float  # packed expert bytes the CPU kernel gets through per second
+    cpu_call_s: float = 0.0  # fixed cost of one CPU call (thread hand-off, small copies)
+    cpu_threads: int = 1
+    numba: bool = True
+
+    @property
+    def cpu_fraction(self) -> float:
+        """The share f of misses that balances f * bytes / cpu = (1 - f) * bytes / pcie, call cost ignored."""
+        total = self.cpu_bytes_s + self.pcie_bytes_s
+        return self.cpu_bytes_s / total if total > 0 else 0.0
+
+    def cpu_share(self, misses: int, expert_bytes: int) -> int:
+        """How many of ``misses`` experts the CPU computes: the count whose later finish (CPU or PCIe) is
+        earliest, fewer on the CPU on a tie."""
+        if misses <= 0 or self.cpu_bytes_s <= 0:
+            return 0
+
+        def finish(n: int) -> float:
+            cpu = self.cpu_call_s + n * expert_bytes / self.cpu_bytes_s if n else 0.0
+            pcie = (misses - n) * expert_bytes / self.pcie_bytes_s if self.pcie_bytes_s > 0 else float("inf")
+            return max(cpu, pcie)
+
+        return min(range(misses + 1), key=lambda n: (finish(n), n))
+
+    def to_dict(self) -> dict:
+        return {"pcie_gb_s": self.pcie_bytes_s / 1e9, "cpu_gb_s": self.cpu_bytes_s / 1e9,
+                "cpu_call_ms": self.cpu_call_s * 1e3, "cpu_threads": self.cpu_threads, "numba": self.numba,
+                "cpu_fraction": self.cpu_fraction}
+
+
+def measure_h2d(device: torch.device, nbytes: int = 64 << 20, repeats: int = 8) -> float:
+    """Host RAM -> ``device`` copy rate in bytes/s (pinned source on CUDA; a plain host copy on the CPU)."""
+    cuda = device.type == "cuda"
+    src = torch.empty(nbytes, dtype=torch.uint8)
+    if cuda:
+        src = src.pin_memory()
+    src.fill_(1)
+    dst = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize(device)
+        t0 = time.perf_counter()
+        dst.copy_(src, non_blocking=cuda)
+        if cuda:
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - t0)
+    return nbytes / statistics.median(times[1:])
+
+
+_MEASURED: dict[tuple, OffloadCosts] = {}
+
+
+def measure_costs(device: torch.device | str, hidden: int = 2880, intermediate: int = 2880,
+                  threads: int | None = None, use_numba: bool | None = None,
+                  sample: cpu_experts.HostExperts | None = None) -> OffloadCosts:
+    """Measure the PCIe copy rate and the CPU expert kernel's rate at an expert shape (once per process and
+    arguments; the first call may JIT-compile the kernel, which numba then caches on disk). ``sample``: a real
+    layer's host experts to time the CPU on (else random ones are made)."""
+    device = torch.device(device)
+    threads = threads or cpu_experts.default_threads()
+    use_numba = cpu_experts.kernels() is not None if use_numba is None else use_numba
+    key = (str(device), hidden, intermediate, threads, use_numba)
+    if key not in _MEASURED:
+        nbytes = max(4 * expert_bytes_at(hidden, intermediate), 16 << 20)
+        pcie = measure_h2d(device, nbytes)
+        cpu = cpu_experts.measure_cpu_rate(hidden, intermediate, threads=threads, use_numba=use_numba,
+                                           experts=sample)
+        _MEASURED[key] = OffloadCosts(pcie_bytes_s=pcie, cpu_bytes_s=cpu.bytes_s, cpu_call_s=cpu.call_s,
+                                      cpu_threads=threads, numba=use_numba)
+    return _MEASURED[key]
+
+
+def _fraction_from_env() -> float | None:
+    """``GPTOSS_CPU_EXPERTS``: a fraction of misses for the CPU ("0" turns CPU experts off), or unset/"auto"."""
+    raw = os.environ.get(CPU_EXPERTS_ENV, "").strip().lower()
+    if raw in ("", "auto"):
+        return None
+    if raw in ("off", "no", "false"):
+        return 0.0
+    try:
+        return min(1.0, max(0.0, float(raw)))
+    except ValueError:
+        return None
+
+
+class ExpertOffload:
+    """The host copies of offloaded layers' experts, a GPU staging buffer, an LRU cache of GPU slots and a CPU
+    worker for decode misses."""
+
+    def __init__(self, model: GptOss, cache_slots: int, layers: list[int] | None = None,
+                 cpu_fraction: float | None = None, costs: OffloadCosts | None = None,
+                 cpu_threads: int | None = None, concurrent: bool | None = None) -> None:
+        """``layers`` defaults to those whose experts are not on the compute device (as the plan placed them).
+
+        CPU experts: ``cpu_fraction`` forces the share of decode misses computed on the CPU (0: none, 1: all);
+        else ``costs`` decides, measured here when not given on a CUDA device with numba installed. On a CPU
+        device (tests) the default is 0. ``concurrent``: run the CPU experts on a worker thread while the device
+        works (default: on CUDA; on a CPU device both sides would only compete for the same cores)."""
         self.model, cfg, dev = model, model.cfg, model.device
         self.layers = layers if layers is not None else [
             i for i, layer in enumerate(model.layers) if layer.gate_up_blocks.device != dev]
         pin = torch.cuda.is_available()
+        self.host: dict[int, cpu_experts.HostExperts] = {}
         for i in self.layers:
             layer = model.layers[i]
             for name in ("gate_up_blocks", "gate_up_scales", "down_blocks", "down_scales"):
                 host = getattr(layer, name).cpu()
                 setattr(layer, name, host.pin_memory() if pin else host)
+            self.host[i] = cpu_experts.HostExperts.from_tensors(
+                layer.gate_up_blocks, layer.gate_up_scales, layer.gate_up_bias, layer.down_blocks,
+                layer.down_scales, layer.down_bias)
             layer.gate_up_bias = layer.gate_up_bias.to(dev)  # 0.5 MB a layer: not worth offloading
             layer.down_bias = layer.down_bias.to(dev)
         first = model.layers[self.layers[0]] if self.layers else None
@@ -64,14 +193,38 @@ class ExpertOffload:
         self.expert_bytes = sum(t[0].nbytes for t in self.staging.values())
         self.lru: OrderedDict[tuple[int, int], int] = OrderedDict()  # (layer, expert) -> slot
         self.stats = OffloadStats()
+        self.zeroed: set[int] = set()  # staging entries that hold an all-zero expert right now
+
+        if cpu_fraction is None and costs is None:
+            cpu_fraction = _fraction_from_env()
+        if cpu_fraction is None and costs is None:
+            if dev.type == "cuda" and self.layers and cpu_experts.kernels() is not None:
+                costs = measure_costs(dev, cfg.hidden_size, cfg.intermediate_size, cpu_threads,
+                                      sample=self.host[self.layers[0]])
+            else:
+                cpu_fraction = 0.0
+        self.cpu_fraction = cpu_fraction  # None: the cost model decides
+        self.costs = costs
+        self.cpu_threads = cpu_threads or (costs.cpu_threads if costs else cpu_experts.default_threads())
+        self.concurrent = dev.type == "cuda" if concurrent is None else concurrent
+        self._pool: ThreadPoolExecutor | None = None
 
     @property
     def gpu_bytes(self) -> int:
         return sum(t.nbytes for t in self.staging.values()) + sum(t.nbytes for t in self.slots.values())
 
+    def cpu_share(self, misses: int) -> int:
+        """How many of a decode call's ``misses`` the CPU computes."""
+        if misses <= 0:
+            return 0
+        if self.cpu_fraction is not None:
+            return min(misses, max(0, int(self.cpu_fraction * misses + 0.5)))
+        return self.costs.cpu_share(misses, self.expert_bytes) if self.costs is not None else 0
+
     def _stage(self, index: int, layer: Layer, experts: list[int]) -> None:
         """Put ``experts`` of layer ``index`` into the staging buffer at their own ids."""
         for e in experts:
+            self.zeroed.discard(e)
             slot = self.lru.get((index, e))
             if slot is not None:
                 self.lru.move_to_end((index, e))
@@ -98,23 +251,88 @@ class ExpertOffload:
                 return self.lru.pop(key)
         return None
 
+    def _staged(self, layer: Layer) -> Layer:
+        return replace(layer, gate_up_blocks=self.staging["gate_up_blocks"],
+                       gate_up_scales=self.staging["gate_up_scales"], down_blocks=self.staging["down_blocks"],
+                       down_scales=self.staging["down_scales"])
+
+    @staticmethod
+    def _router_logits(x: torch.Tensor, layer: Layer, inner: Ops) -> torch.Tensor:
+        """Router logits as ``inner.moe`` computes them (the reference in the activation dtype, the Triton kernels
+        in fp32), so the experts staged here and the routing weights used on the CPU are the kernels' own."""
+        if inner.moe is transformer.moe:
+            return F.linear(x, layer.router_w, layer.router_b)
+        return F.linear(x.float(), layer.router_w.float(), layer.router_b.float())
+
     def moe(self, x: torch.Tensor, layer: Layer, cfg: GptOssConfig, index: int, inner: Ops) -> torch.Tensor:
-        logits = F.linear(x, layer.router_w, layer.router_b)
-        experts = torch.topk(logits, cfg.num_experts_per_tok, dim=-1).indices.unique().tolist()
         self.stats.calls += 1
+        logits = self._router_logits(x, layer, inner)
+        if x.shape[0] == 1 and (self.cpu_fraction is None or self.cpu_fraction > 0):
+            return self._decode_split(x, logits, layer, cfg, index, inner)
+        experts = torch.topk(logits, cfg.num_experts_per_tok, dim=-1).indices.unique().tolist()
         self._stage(index, layer, experts)
-        staged = replace(layer, gate_up_blocks=self.staging["gate_up_blocks"],
-                         gate_up_scales=self.staging["gate_up_scales"], down_blocks=self.staging["down_blocks"],
-                         down_scales=self.staging["down_scales"])
-        return inner.moe(x, staged, cfg)
+        return inner.moe(x, self._staged(layer), cfg)
+
+    def _timed_mix(self, x: np.ndarray, experts: cpu_experts.HostExperts, ids: list[int], weights: list[float],
+                   act_dtype: torch.dtype, alpha: float, limit: float) -> tuple[np.ndarray, float]:
+        t0 = time.perf_counter()
+        y = cpu_experts.expert_mix(x, experts, ids, weights, act_dtype, alpha, limit, self.cpu_threads)
+        return y, time.perf_counter() - t0
+
+    def _decode_split(self, x: torch.Tensor, logits: torch.Tensor, layer: Layer, cfg: GptOssConfig, index: int,
+                      inner: Ops) -> torch.Tensor:
+        """One token: hits from the cache, some misses over PCIe, the others on the CPU at the same time."""
+        k = cfg.num_experts_per_tok
+        top = torch.topk(logits[0], k, sorted=True)
+        weights = torch.softmax(top.values.float(), dim=-1)
+        # one device -> host transfer for the ids, their routing weights and the activation
+        host = torch.cat((top.indices.float(), weights, x[0].float())).cpu()
+        experts = [int(e) for e in host[:k].tolist()]
+        misses = [e for e in experts if (index, e) not in self.lru]
+        n_cpu = self.cpu_share(len(misses))
+        if n_cpu == 0:
+            self._stage(index, layer, experts)
+            return inner.moe(x, self._staged(layer), cfg)
+        # the lowest-weighted misses go to the CPU (topk is sorted), so the cache keeps the heavier ones
+        on_cpu = misses[-n_cpu:]
+        w_host = host[k:2 * k].numpy()
+        cpu_weights = [float(w_host[experts.index(e)]) for e in on_cpu]
+        args = (host[2 * k:].numpy(), self.host[index], on_cpu, cpu_weights, x.dtype, cfg.swiglu_alpha,
+                cfg.swiglu_limit)
+        job = None
+        if self.concurrent:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptoss-cpu-experts")
+            job = self._pool.submit(self._timed_mix, *args)
+        # a zero expert with zero biases adds exactly 0 in the GPU kernels (ids sent before the big copies queue)
+        idx = torch.tensor(on_cpu, device=x.device)
+        gate_up_bias, down_bias = layer.gate_up_bias.index_fill(0, idx, 0), layer.down_bias.index_fill(0, idx, 0)
+        self._stage(index, layer, [e for e in experts if e not in on_cpu])
+        for e in on_cpu:
+            if e not in self.zeroed:
+                for buf in self.staging.values():
+                    buf[e].zero_()
+                self.zeroed.add(e)
+        out = inner.moe(x, replace(self._staged(layer), gate_up_bias=gate_up_bias, down_bias=down_bias), cfg)
+        t0 = time.perf_counter()
+        y, seconds = job.result() if job is not None else self._timed_mix(*args)
+        self.stats.cpu_wait_seconds += time.perf_counter() - t0
+        self.stats.cpu_seconds += seconds
+        self.stats.misses += n_cpu
+        self.stats.cpu_experts += n_cpu
+        return (out.float() + torch.from_numpy(y).to(out.device)).to(x.dtype)
 
 
-def with_offload(model: GptOss, cache_slots: int, layers: list[int] | None = None) -> ExpertOffload | None:
+def with_offload(model: GptOss, cache_slots: int, layers: list[int] | None = None,
+                 cpu_fraction: float | None = None, costs: OffloadCosts | None = None,
+                 concurrent: bool | None = None) -> ExpertOffload | None:
     """Route the model's offloaded layers through an ExpertOffload; None when every expert is on the compute
-    device (``layers`` forces a placement, as the tests do on the CPU)."""
+    device (``layers`` forces a placement, as the tests do on the CPU). ``cpu_fraction``, ``costs``,
+    ``concurrent``: see ExpertOffload."""
     if layers is None and all(layer.gate_up_blocks.device == model.device for layer in model.layers):
         return None
-    offload = ExpertOffload(model, cache_slots, layers)
+    offload = ExpertOffload(model, cache_slots, layers, cpu_fraction=cpu_fraction, costs=costs,
+                            concurrent=concurrent)
     inner = model.ops
     index_of = {id(layer): i for i, layer in enumerate(model.layers)}
     offloaded = set(offload.layers)
