@@ -23,6 +23,32 @@ from gptoss_cli.engine.generator import load_random
 from gptoss_cli.model.config import official_config
 
 
+def pdl_is_race_free(engine, ids: list[int]) -> dict:
+    """Decode logits with programmatic dependent launch on and off must be bit-identical (same kernels, same
+    math; only the overlap of launches differs). A missing wait would show as a difference or a NaN."""
+    from gptoss_kernels import pdl
+
+    def run() -> torch.Tensor:
+        engine.reset()
+        engine.prefill(ids[:256])
+        rows = torch.stack([engine.step(t) for t in ids[256:288]])
+        torch.cuda.synchronize()
+        return rows
+
+    with_pdl = run()
+    enabled = pdl.enabled
+    pdl.enabled = lambda t: False
+    engine.graphs.graphs.clear()
+    try:
+        without = run()
+    finally:
+        pdl.enabled = enabled
+        engine.graphs.graphs.clear()
+    diff = (with_pdl - without).abs().max().item()
+    return {"pdl_on": enabled(with_pdl), "max_abs_diff_pdl_on_vs_off": diff,
+            "finite": bool(torch.isfinite(with_pdl).all())}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--int8", action="store_true", help="int8 attention and lm_head (the plan's option)")
@@ -70,9 +96,11 @@ def main() -> None:
           f"sum of kernel times {total:.0f} us over {sum(v[1] for v in per_kernel.values()):.0f} launches")
     for name, (us, n) in rows[:24]:
         print(f"{us:8.1f} us {n:6.0f}x  {us / total * 100:5.1f}%  {name}")
+    race = pdl_is_race_free(engine, ids)
+    print(f"PDL race check: {race}")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"profile_decode{'_int8' if args.int8 else ''}.json").write_text(json.dumps(
-        {"step_us": step_ms * 1e3, "kernel_sum_us": total, "depth": position,
+        {"step_us": step_ms * 1e3, "kernel_sum_us": total, "depth": position, "pdl_check": race,
          "kernels": [{"name": k, "us": v[0], "count": v[1]} for k, v in rows]}, indent=1))
 
 

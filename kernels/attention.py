@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl
+
 LOG2E = math.log2(math.e)
 _LOG2E = tl.constexpr(LOG2E)
 _NEG = tl.constexpr(-1.0e30)  # "no key seen yet": finite, so exp2(m_old - m_new) never meets inf - inf
@@ -123,12 +125,13 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, q_pos_ptr, k_pos_ptr, out_ptr
                    S, ROWS, keys_per_split, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                    stride_ot, qk_scale, window,
                    GROUP: tl.constexpr, HEAD_D: tl.constexpr, HAS_WINDOW: tl.constexpr, BLOCK_R: tl.constexpr,
-                   BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, DOT_DTYPE: tl.constexpr):
+                   BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, DOT_DTYPE: tl.constexpr, PDL: tl.constexpr):
     """One program: every query row (token t, head kv_head*GROUP + g) of one KV head, over one span of keys.
 
     With SPLIT the un-normalised partial (acc, max, sum) goes to the workspace for the combine kernel; without it
     the program finishes the softmax (sink included) itself.
     """
+    pdl.wait(PDL)
     kv_head = tl.program_id(0)
     split = tl.program_id(1)
     offs_r = tl.arange(0, BLOCK_R)
@@ -182,8 +185,10 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, q_pos_ptr, k_pos_ptr, out_ptr
 
 @triton.jit
 def _combine_kernel(acc_ws, ml_ws, sinks_ptr, out_ptr, n_split, stride_ot,
-                    GROUP: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT_PAD: tl.constexpr):
+                    GROUP: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT_PAD: tl.constexpr,
+                    PDL: tl.constexpr):
     """One program: one query row; merges the per-split partials and the sink."""
+    pdl.wait(PDL)
     kv_head = tl.program_id(0)
     r = tl.program_id(1)
     tok = r // GROUP
@@ -286,10 +291,10 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: t
         q, k, v, sinks, q_pos.contiguous(), k_pos.contiguous(), out, acc_ws, ml_ws, S, rows, keys_per_split,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
         sm_scale * LOG2E, window or 0, GROUP=group, HEAD_D=D, HAS_WINDOW=window is not None, BLOCK_R=block_r,
-        SPLIT=split, DOT_DTYPE=_dot_dtype(q.dtype), **cfg)
+        SPLIT=split, DOT_DTYPE=_dot_dtype(q.dtype), **cfg, **pdl.launch(q))
     if split:
         _combine_kernel[(Hkv, rows)](acc_ws, ml_ws, sinks, out, n_split, out.stride(0), GROUP=group, HEAD_D=D,
-                                     BLOCK_R=block_r, SPLIT_PAD=triton.next_power_of_2(n_split))
+                                     BLOCK_R=block_r, SPLIT_PAD=triton.next_power_of_2(n_split), **pdl.launch(q))
     return out
 
 

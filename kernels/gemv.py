@@ -15,6 +15,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from . import pdl
+
 # At or below this many rows of x the GEMV runs; above it, the caller's GEMM (cuBLAS).
 GEMV_MAX_TOKENS = 4
 # Launch shapes, chosen on an H200 (see .notes/kernels.md); the benchmark script overrides them to sweep.
@@ -29,11 +31,12 @@ def linear_reference(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, N, K, stride_x, stride_y,
-                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """One program: BLOCK_N outputs of one row of x; partial sums stay per lane until after the K loop."""
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     t = tl.program_id(1)
     n_mask = rows < N
+    pdl.wait(PDL)
     row_ptr = w_ptr + rows.to(tl.int64)[:, None] * K
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
@@ -69,5 +72,6 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch
     y = torch.empty(T, N, dtype=x.dtype, device=x.device)
     cfg = GEMV_CONFIG_LARGE if w.numel() * w.element_size() >= GEMV_LARGE_BYTES else GEMV_CONFIG
     _gemv_kernel[(triton.cdiv(N, cfg["BLOCK_N"]), T)](x, w, bias if bias is not None else w, y, N, K, x.stride(0),
-                                                      y.stride(0), HAS_BIAS=bias is not None, **cfg)
+                                                      y.stride(0), HAS_BIAS=bias is not None, **cfg,
+                                                      **pdl.launch(x))
     return y

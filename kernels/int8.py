@@ -18,6 +18,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl
+
 # At or below this many rows of x the GEMV kernel runs; above it, the tiled GEMM.
 GEMV_MAX_TOKENS = 4
 _TWO_POW_23_BITS = tl.constexpr(0x4B000000)  # fp32 2**23: an 8-bit integer or-ed into the mantissa adds to it
@@ -61,9 +63,10 @@ def _byte_to_f32(words, SHIFT: tl.constexpr):
 
 @triton.jit
 def _gemv_kernel(x_ptr, words_ptr, scale_ptr, bias_ptr, y_ptr, N, K, stride_x, stride_y,
-                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
     """One program: BLOCK_N outputs of one row of x. Weights are read as int32 words (4 int8 each, little endian:
     byte i of word j is column 4j+i); partial sums stay per lane until after the K loop."""
+    pdl.wait(PDL)
     KW: tl.constexpr = BLOCK_K // 4
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     t = tl.program_id(1)
@@ -153,7 +156,8 @@ def linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: tor
     if T <= GEMV_MAX_TOKENS:
         cfg = GEMV_CONFIG if N * K >= GEMV_SMALL_BYTES else GEMV_CONFIG_SMALL
         _gemv_kernel[(triton.cdiv(N, cfg["BLOCK_N"]), T)](x, q.view(torch.int32), scale, b, y, N, K, x.stride(0),
-                                                          y.stride(0), HAS_BIAS=bias is not None, **cfg)
+                                                          y.stride(0), HAS_BIAS=bias is not None, **cfg,
+                                                          **pdl.launch(x))
     else:
         cfg = GEMM_CONFIG
         _gemm_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]))](

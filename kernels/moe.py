@@ -29,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import mxfp4
+from . import mxfp4, pdl
 
 # At or below this many tokens the decode path (GEMVs over each token's k experts) runs; above it, grouped GEMMs.
 DECODE_MAX_TOKENS = 4
@@ -361,17 +361,37 @@ def _swiglu(gate, up, alpha, limit):
 
 
 @triton.jit
-def _router_logits_kernel(x_ptr, w_ptr, b_ptr, logits_ptr, x_exp_ptr, x2_ptr, H, E, stride_x,
-                          BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, F16X2: tl.constexpr):
+def _router_logits_kernel(x_ptr, delta_ptr, norm_w_ptr, res_ptr, t_ptr, eps, w_ptr, b_ptr, logits_ptr, x_exp_ptr,
+                          x2_ptr, H, E, stride_x,
+                          BLOCK_E: tl.constexpr, BLOCK_H: tl.constexpr, F16X2: tl.constexpr, HAS_NORM: tl.constexpr,
+                          PDL: tl.constexpr):
     """logits[t, e] = x[t] . W[e] + b[e] in fp32; BLOCK_H covers the whole row, so every load is in flight at once
     (the router is ~0.2 MB: latency, not bandwidth, is its cost). With F16X2 also, for the fp16x2 gate_up GEMV,
-    x_exp[t] (the power of two that brings max |x[t]| below 2**15) and x[t] times it as fp16 pairs (x2)."""
+    x_exp[t] (the power of two that brings max |x[t]| below 2**15) and x[t] times it as fp16 pairs (x2).
+
+    HAS_NORM: the residual add and the MoE's RMSNorm happen here too (as kernels/norm.py's add_rms_norm: residual
+    rounded to the activation dtype, statistics in fp32, output rounded), and x is that norm's output: one launch
+    instead of two per layer. Every program normalises the row (2880 elements); program 0 stores it."""
+    pdl.wait(PDL)
     t = tl.program_id(0)
     es = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     e_mask = es < E
     hs = tl.arange(0, BLOCK_H)
     h_mask = hs < H
-    xv = tl.load(x_ptr + t * stride_x + hs, mask=h_mask, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        row = tl.load(x_ptr + t * stride_x + hs, mask=h_mask, other=0.0).to(tl.float32)
+        row += tl.load(delta_ptr + t * H + hs, mask=h_mask, other=0.0).to(tl.float32)
+        row = row.to(res_ptr.dtype.element_ty)
+        rf = row.to(tl.float32)
+        inv = 1.0 / tl.sqrt(tl.sum(rf * rf, axis=0) / H + eps)
+        normed = (rf * inv * tl.load(norm_w_ptr + hs, mask=h_mask, other=0.0).to(tl.float32))
+        normed = normed.to(t_ptr.dtype.element_ty)
+        if tl.program_id(1) == 0:
+            tl.store(res_ptr + t * H + hs, row, mask=h_mask)
+            tl.store(t_ptr + t * H + hs, normed, mask=h_mask)
+        xv = normed.to(tl.float32)
+    else:
+        xv = tl.load(x_ptr + t * stride_x + hs, mask=h_mask, other=0.0).to(tl.float32)
     w = tl.load(w_ptr + es[:, None] * H + hs[None, :], mask=e_mask[:, None] & h_mask[None, :], other=0.0)
     logits = tl.sum(w.to(tl.float32) * xv[None, :], axis=1)
     logits += tl.load(b_ptr + es, mask=e_mask, other=0.0).to(tl.float32)
@@ -390,10 +410,12 @@ def _router_logits_kernel(x_ptr, w_ptr, b_ptr, logits_ptr, x_exp_ptr, x2_ptr, H,
 def _gate_up_decode_kernel(x_ptr, logits_ptr, x_exp_ptr, x2_ptr, ids_ptr, wts_ptr, words_ptr, scl_ptr, bias_ptr,
                            h_ptr, E, H, I, stride_x, alpha, limit, h_exp,
                            TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, F16X2: tl.constexpr, ASM: tl.constexpr):
+                           BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, F16X2: tl.constexpr, ASM: tl.constexpr,
+                           PDL: tl.constexpr):
     """One program: BLOCK_N interleaved gate_up rows of each of token t's TOP_K experts. h is rounded to the
     activation dtype, then stored for the down GEMV: times 2**h_exp as fp16 pairs (F16X2; BLOCK_N a multiple of 16),
     else times 2**100 (exact in bf16 and fp32), the prescale the fp32 GEMV wants."""
+    pdl.wait(PDL)
     t = tl.program_id(0)
     pid_n = tl.program_id(1)
     # Top-k by repeated argmax (ties go to the lower index), then the softmax over the k selected logits.
@@ -441,9 +463,10 @@ def _gate_up_decode_kernel(x_ptr, logits_ptr, x_exp_ptr, x2_ptr, ids_ptr, wts_pt
 @triton.jit
 def _down_decode_kernel(h_ptr, ids_ptr, wts_ptr, words_ptr, scl_ptr, bias_ptr, out_ptr, H, I, h_exp,
                         TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-                        F16X2: tl.constexpr, ASM: tl.constexpr):
+                        F16X2: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr):
     """One program: BLOCK_N output columns of token t, summed over its TOP_K experts in registers (no atomics).
     ``h_exp``: the fp16x2 GEMV's power of two for h, from the SwiGLU's bound (|h| <= limit * (limit + 1))."""
+    pdl.wait(PDL)
     t = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < H
@@ -618,14 +641,36 @@ def _h_exp(limit: float) -> int:
 def router_logits(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Decode step 1: fp32 router logits [T, E]; for the fp16x2 GEMV also each token's power of two [T] and x times
     it as fp16 pairs [T, H / 2] (int32)."""
+    return _route(x, None, None, 0.0, router_weight, router_bias)[2]
+
+
+def add_rms_norm_route(x: torch.Tensor, delta: torch.Tensor, norm_weight: torch.Tensor, eps: float,
+                       router_weight: torch.Tensor,
+                       router_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Decode step 1 with the layer's residual add and MoE RMSNorm in the same launch: -> (x + delta,
+    t = rms_norm(x + delta), routing of t), as norm.add_rms_norm then router_logits would give."""
+    if delta.shape != x.shape or norm_weight.shape != (x.shape[1],):
+        raise ValueError(f"residual {tuple(delta.shape)} / norm weight {tuple(norm_weight.shape)} do not fit x "
+                         f"{tuple(x.shape)}")
+    return _route(x, delta.contiguous(), norm_weight, eps, router_weight, router_bias)
+
+
+def _route(x: torch.Tensor, delta: torch.Tensor | None, norm_weight: torch.Tensor | None, eps: float,
+           router_weight: torch.Tensor,
+           router_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
     T, H = x.shape
     E = router_weight.shape[0]
     logits = torch.empty(T, E, dtype=torch.float32, device=x.device)
     x_exp = torch.empty(T, dtype=torch.int32, device=x.device)
     x2 = torch.empty(T, H // 2, dtype=torch.int32, device=x.device)
-    _router_logits_kernel[(T, triton.cdiv(E, 2))](x, router_weight, router_bias, logits, x_exp, x2, H, E, x.stride(0),
-                                                  BLOCK_E=2, BLOCK_H=triton.next_power_of_2(H), F16X2=_f16x2(x.dtype))
-    return logits, x_exp, x2
+    has_norm = delta is not None
+    res = torch.empty(T, H, dtype=x.dtype, device=x.device) if has_norm else x
+    t = torch.empty(T, H, dtype=x.dtype, device=x.device) if has_norm else x
+    _router_logits_kernel[(T, triton.cdiv(E, 2))](
+        x, delta if has_norm else x, norm_weight if has_norm else router_bias, res, t, float(eps), router_weight,
+        router_bias, logits, x_exp, x2, H, E, x.stride(0), BLOCK_E=2, BLOCK_H=triton.next_power_of_2(H),
+        F16X2=_f16x2(x.dtype), HAS_NORM=has_norm, **pdl.launch(x))
+    return res, t, (logits, x_exp, x2)
 
 
 def gate_up_decode(x: torch.Tensor, routing: tuple[torch.Tensor, ...], blocks: torch.Tensor, scales: torch.Tensor,
@@ -647,7 +692,7 @@ def gate_up_decode(x: torch.Tensor, routing: tuple[torch.Tensor, ...], blocks: t
     _gate_up_decode_kernel[(T, triton.cdiv(N2, cfg["BLOCK_N"]))](
         x, logits, x_exp, x2, ids, wts, _words(blocks), scales, bias, h, E, H, N2 // 2, x.stride(0), float(alpha),
         float(limit), _h_exp(limit), TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k),
-        E_PAD=triton.next_power_of_2(E), F16X2=f16x2, ASM=not _interpreting(), **cfg)
+        E_PAD=triton.next_power_of_2(E), F16X2=f16x2, ASM=not _interpreting(), **cfg, **pdl.launch(x))
     return ids, wts, h
 
 
@@ -659,8 +704,18 @@ def down_decode(h: torch.Tensor, ids: torch.Tensor, wts: torch.Tensor, blocks: t
     cfg = DECODE_CONFIG["down"]
     _down_decode_kernel[(T, triton.cdiv(H, cfg["BLOCK_N"]))](
         h, ids, wts, _words(blocks), scales, bias, out, H, blocks.shape[2] * 32, _h_exp(limit), TOP_K=top_k,
-        K_PAD=triton.next_power_of_2(top_k), F16X2=f16x2, ASM=not _interpreting(), **cfg)
+        K_PAD=triton.next_power_of_2(top_k), F16X2=f16x2, ASM=not _interpreting(), **cfg, **pdl.launch(h))
     return out
+
+
+def experts_decode(x: torch.Tensor, routing: tuple[torch.Tensor, ...], gate_up_blocks: torch.Tensor,
+                   gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor, down_blocks: torch.Tensor,
+                   down_scales: torch.Tensor, down_bias: torch.Tensor, top_k: int, alpha: float = 1.702,
+                   limit: float = 7.0) -> torch.Tensor:
+    """Decode steps 2 and 3 on a routing from router_logits / add_rms_norm_route."""
+    _check(x, gate_up_blocks, down_blocks, top_k)
+    ids, wts, h = gate_up_decode(x, routing, gate_up_blocks, gate_up_scales, gate_up_bias, top_k, alpha, limit)
+    return down_decode(h, ids, wts, down_blocks, down_scales, down_bias, top_k, limit, torch.empty_like(x))
 
 
 def moe_decode(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor,
@@ -671,9 +726,8 @@ def moe_decode(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.
     for down (summing the k experts in registers). Three launches, no host synchronisation (CUDA-graph safe)."""
     _check(x, gate_up_blocks, down_blocks, top_k)
     x = x.contiguous()
-    routing = router_logits(x, router_weight, router_bias)
-    ids, wts, h = gate_up_decode(x, routing, gate_up_blocks, gate_up_scales, gate_up_bias, top_k, alpha, limit)
-    return down_decode(h, ids, wts, down_blocks, down_scales, down_bias, top_k, limit, torch.empty_like(x))
+    return experts_decode(x, router_logits(x, router_weight, router_bias), gate_up_blocks, gate_up_scales,
+                          gate_up_bias, down_blocks, down_scales, down_bias, top_k, alpha, limit)
 
 
 def moe_prefill(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor,

@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl
+
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     t = x.float()
@@ -30,7 +32,8 @@ def add_rms_norm_reference(x: torch.Tensor, delta: torch.Tensor, weight: torch.T
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, delta_ptr, w_ptr, res_ptr, y_ptr, H, stride_x, stride_d, stride_r, stride_y, eps,
-                     HAS_DELTA: tl.constexpr, BLOCK_H: tl.constexpr):
+                     HAS_DELTA: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr):
+    pdl.wait(PDL)
     row = tl.program_id(0)
     offs = tl.arange(0, BLOCK_H)
     mask = offs < H
@@ -63,7 +66,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     T, H = x.shape
     y = torch.empty_like(x)
     _rms_norm_kernel[(T,)](x, x, weight, y, y, H, x.stride(0), 0, 0, y.stride(0), float(eps), HAS_DELTA=False,
-                           BLOCK_H=triton.next_power_of_2(H), num_warps=_num_warps(H))
+                           BLOCK_H=triton.next_power_of_2(H), num_warps=_num_warps(H), **pdl.launch(x))
     return y
 
 
@@ -78,5 +81,5 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
     y = torch.empty_like(x)
     _rms_norm_kernel[(T,)](x, delta, weight, residual, y, H, x.stride(0), delta.stride(0), residual.stride(0),
                            y.stride(0), float(eps), HAS_DELTA=True, BLOCK_H=triton.next_power_of_2(H),
-                           num_warps=_num_warps(H))
+                           num_warps=_num_warps(H), **pdl.launch(x))
     return residual, y

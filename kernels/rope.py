@@ -15,6 +15,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl
+
 
 def rope_qkv_cache_reference(qkv: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, inv_freq: torch.Tensor,
                              concentration: float, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -39,7 +41,8 @@ def rope_qkv_cache_reference(qkv: torch.Tensor, positions: torch.Tensor, slots: 
 
 @triton.jit
 def _rope_qkv_kernel(qkv_ptr, pos_ptr, slot_ptr, inv_freq_ptr, q_ptr, k_ptr, v_ptr, kpos_ptr, stride_qkv,
-                     concentration, HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr):
+                     concentration, HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr):
+    pdl.wait(PDL)
     t = tl.program_id(0)
     h = tl.program_id(1)  # q heads, then k heads, then v heads
     D: tl.constexpr = 2 * HALF
@@ -83,5 +86,5 @@ def rope_qkv_cache(qkv: torch.Tensor, positions: torch.Tensor, slots: torch.Tens
     q = torch.empty(T, n_q_heads, D, dtype=qkv.dtype, device=qkv.device)
     _rope_qkv_kernel[(T, n_q_heads + 2 * Hkv)](qkv, positions, slots, inv_freq, q, k_cache, v_cache, k_pos,
                                                qkv.stride(0), float(concentration), HQ=n_q_heads, HKV=Hkv,
-                                               HALF=D // 2, num_warps=1)
+                                               HALF=D // 2, num_warps=1, **pdl.launch(qkv))
     return q

@@ -150,3 +150,23 @@ def test_fp16x2_down_gemv_sums_groups_to_fp16_precision() -> None:
         true[r // top_k] += w * (h_vals[r] @ w2.T + args[7][e].cpu().double())
     err = ((out.cpu().double() - true).norm() / true.norm()).item()
     assert err < 2e-3, err
+
+
+def test_add_rms_norm_route_equals_add_rms_norm_then_router() -> None:
+    """The decode step's fused launch (residual add, MoE RMSNorm, router logits, fp16 pairs) gives what the two
+    separate kernels give."""
+    from gptoss_kernels import norm as norm_kernels
+
+    gen = torch.Generator().manual_seed(5)
+    T, H, E = 2, 160, 6
+    x = torch.randn(T, H, generator=gen).bfloat16().to(DEVICE)
+    delta = torch.randn(T, H, generator=gen).bfloat16().to(DEVICE)
+    norm_w = (1 + 0.1 * torch.randn(H, generator=gen)).bfloat16().to(DEVICE)
+    router_w = (torch.randn(E, H, generator=gen) / H**0.5).bfloat16().to(DEVICE)
+    router_b = torch.randn(E, generator=gen).bfloat16().to(DEVICE)
+    res, t, routing = moe_kernels.add_rms_norm_route(x, delta, norm_w, 1e-5, router_w, router_b)
+    res_ref, t_ref = norm_kernels.add_rms_norm(x, delta, norm_w, 1e-5)
+    torch.testing.assert_close(res, res_ref, rtol=0, atol=0)
+    torch.testing.assert_close(t, t_ref, rtol=0, atol=0)
+    for got, want in zip(routing, moe_kernels.router_logits(t_ref, router_w, router_b)):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)

@@ -76,7 +76,9 @@ def fast_ops() -> Ops:
 def decode_step(model: GptOss, x: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                 kv_len: int) -> torch.Tensor:
     """One decode token through every layer with fused kernels: RoPE + KV write in one launch, each residual add
-    fused with the next RMSNorm. Same math as ``GptOss.layers_forward``; no host synchronisation."""
+    fused with the next RMSNorm (and, before the MoE, with its router). Same math as ``GptOss.layers_forward``; no
+    host synchronisation."""
+    from gptoss_kernels import moe as moe_kernels
     from gptoss_kernels import norm as norm_kernels
     from gptoss_kernels import rope as rope_kernels
 
@@ -98,7 +100,17 @@ def decode_step(model: GptOss, x: torch.Tensor, positions: torch.Tensor, cache: 
         span = cap if lc.ring else kv_len
         window = cfg.sliding_window if layer.sliding else None
         o = ops.attention(q, lc.k[:span], lc.v[:span], layer.sinks, positions, lc.pos[:span], model.sm_scale, window)
-        x, t = norm_kernels.add_rms_norm(x, ops.linear(o, layer.o_w, layer.o_b), layer.mlp_norm, eps)
+        attn_out = ops.linear(o, layer.o_w, layer.o_b)
+        if layer.gate_up_blocks.device == x.device:  # residual add, MoE norm and router in one launch
+            x, t, routing = moe_kernels.add_rms_norm_route(x, attn_out, layer.mlp_norm, eps, layer.router_w,
+                                                           layer.router_b)
+            moe_out = moe_kernels.experts_decode(t, routing, layer.gate_up_blocks, layer.gate_up_scales,
+                                                 layer.gate_up_bias, layer.down_blocks, layer.down_scales,
+                                                 layer.down_bias, cfg.num_experts_per_tok, cfg.swiglu_alpha,
+                                                 cfg.swiglu_limit)
+        else:
+            x, t = norm_kernels.add_rms_norm(x, attn_out, layer.mlp_norm, eps)
+            moe_out = ops.moe(t, layer, cfg)
         after = layers[i + 1].attn_norm if i + 1 < len(layers) else model.norm
-        x, t = norm_kernels.add_rms_norm(x, ops.moe(t, layer, cfg), after, eps)
+        x, t = norm_kernels.add_rms_norm(x, moe_out, after, eps)
     return t
