@@ -338,10 +338,12 @@ def load(model: Any, device: str = "auto", dtype: torch.dtype | None = None, con
 
 def load_random(cfg: GptOssConfig, device: str = "auto", dtype: torch.dtype | None = None,
                 context_length: int = 4096, seed: int = 0, int8: bool = False, fast: bool | None = None,
-                graphs: bool | None = None, plan: PlacementPlan | None = None) -> Engine:
+                graphs: bool | None = None, plan: PlacementPlan | None = None, peaked: bool = False) -> Engine:
     """An engine over random weights built in memory at ``cfg``'s shape (drawn on the target device), for
     benchmarks that need no download. Experts are real MXFP4 from the quantizer; ``int8`` quantizes attention
-    and lm_head as the plan's quantised option does."""
+    and lm_head as the plan's quantised option does. ``peaked``: the better-conditioned random model of
+    ``random_weights.random_tensors`` (confident successor-bigram predictions, layers ~50% of the residual
+    stream), for comparing paths by top-1 agreement."""
     from ..model.random_weights import random_tensors
 
     t0 = time.perf_counter()
@@ -349,7 +351,7 @@ def load_random(cfg: GptOssConfig, device: str = "auto", dtype: torch.dtype | No
     dtype = dtype or torch.bfloat16
     device_for = placement(plan, dev)
     tensors = {name: (t if t.dtype == torch.uint8 else t.to(dtype)).to(device_for(name))
-               for name, t in random_tensors(cfg, seed, dev)}
+               for name, t in random_tensors(cfg, seed, dev, peaked=peaked)}
     if plan is not None:
         int8 = plan.attn_precision == "int8"
     head_int8 = plan.lm_head_precision == "int8" if plan is not None else int8
