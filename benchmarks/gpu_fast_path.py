@@ -94,7 +94,7 @@ def bench(out: dict) -> None:
     cfg = official_config("gpt-oss-20b")
     for int8 in (False, True):
         torch.cuda.reset_peak_memory_stats()
-        depths = [0, 32768] if not int8 else [0]
+        depths = [0, 32768]
         engine = load_random(cfg, device="cuda", context_length=32768 + 256, int8=int8)
         result = run_bench(engine, "gpt-oss-20b (random)" + (" int8 attn/lm_head" if int8 else ""),
                            [512, 2048], depths, decode_tokens=128, repeats=3)
