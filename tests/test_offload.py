@@ -111,16 +111,16 @@ def test_cpu_share_follows_the_fraction_and_the_environment(tiny_model_dir: Path
 
 
 def test_cpu_experts_beside_the_triton_kernels(tiny_model_dir: Path) -> None:
-    """The fast path's MoE kernels (Triton's interpreter here) also add exactly 0 for a zeroed staged expert, and
-    take the routing from fp32 logits, as the CPU side does."""
+    """The fast path's MoE kernels (Triton's interpreter here, ~2 s a token) also add exactly 0 for a zeroed
+    staged expert, and route on fp32 logits, as the CPU side does: the same logits as the all-resident reference
+    to the fast path's own tolerance (tests/test_fast_path.py); a wrong expert or weight is O(1) off."""
     pytest.importorskip("triton")
-    ids = torch.randint(0, 1024, (12,), generator=torch.Generator().manual_seed(6)).tolist()
-    resident = gptoss_cli.load(tiny_model_dir, device="cpu", dtype=torch.float32, fast=True)
+    ids = torch.randint(0, 1024, (11,), generator=torch.Generator().manual_seed(6)).tolist()
+    resident = gptoss_cli.load(tiny_model_dir, device="cpu", dtype=torch.float32)
     want = [resident.prefill(ids[:9])] + [resident.step(t) for t in ids[9:]]
     engine = gptoss_cli.load(tiny_model_dir, device="cpu", dtype=torch.float32, fast=True)
     offload = with_offload(engine.model, 1, [0, 2], cpu_fraction=0.5)
     assert engine.model.ops.name.startswith("triton")
     got = [engine.prefill(ids[:9])] + [engine.step(t) for t in ids[9:]]
-    assert torch.equal(got[0], want[0])
-    _steps_close(got, want)
+    assert max((a - b).abs().max().item() for a, b in zip(got, want)) < 1e-3
     assert offload.stats.cpu_experts > 0
