@@ -36,11 +36,12 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, N, K, stride_x, stride_y,
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     t = tl.program_id(1)
     n_mask = rows < N
-    pdl.wait(PDL)
+    pdl.signal(PDL)
     row_ptr = w_ptr + rows.to(tl.int64)[:, None] * K
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
     w = tl.load(row_ptr + offs_k[None, :], mask=n_mask[:, None] & (offs_k < K)[None, :], other=0.0)
+    pdl.wait_only(PDL)  # weights are never written: only x waits for the previous kernel
     xv = tl.load(x_ptr + t * stride_x + offs_k, mask=offs_k < K, other=0.0)
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + BLOCK_K + offs_k

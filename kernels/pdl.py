@@ -43,6 +43,20 @@ def launch(t: torch.Tensor) -> dict:
 
 
 @triton.jit
+def signal(PDL: tl.constexpr):
+    """Let the next kernel's programs be scheduled now (they still wait for this grid to finish before reading)."""
+    if PDL:
+        gdc_launch_dependents()
+
+
+@triton.jit
+def wait_only(PDL: tl.constexpr):
+    """Wait for the predecessors' writes; for kernels that signalled first and prefetch weights in between."""
+    if PDL:
+        gdc_wait()
+
+
+@triton.jit
 def wait(PDL: tl.constexpr):
     """First statement of a decode kernel: wait for the predecessors, then let the next kernel's programs be
     scheduled."""

@@ -12,10 +12,12 @@ Decode (one token) can also compute some of the misses on the CPU, where their b
 and Fiddler do): a worker thread runs engine/cpu_experts.py on those experts while the main thread copies the
 other misses over PCIe and runs the GPU kernels, then the CPU's fp32 sum is added to the GPU's result. The GPU
 kernels still see all k routed experts, but a CPU-computed one is staged as zeros with zero biases, so it adds
-exactly 0 there. How many misses go to the CPU comes from ``OffloadCosts`` (PCIe and CPU expert bytes/s measured
-once per process, ``measure_costs``): the split that finishes both sides earliest. ``cpu_fraction`` forces a
-share instead (0: every miss crosses PCIe, as before), and so does the environment variable
-``GPTOSS_CPU_EXPERTS`` (a fraction in [0, 1], or ``auto``).
+exactly 0 there. This is opt-in: ``GPTOSS_CPU_EXPERTS=auto`` lets ``OffloadCosts`` (PCIe and CPU expert bytes/s
+measured once per process, ``measure_costs``) pick the split that finishes both sides earliest, a fraction in
+[0, 1] forces a share, and ``cpu_fraction`` does the same from code. By default every miss crosses PCIe: on the
+H200 test host (16 Xeon cores, 18.5 GB/s of CPU expert throughput, 55.5 GB/s over PCIe) the cost model's split
+made decode slower in every case measured (20b at 4 GiB: 15.4 vs 29.8 tok/s; BENCHMARKS.md), because the CPU
+share of each layer took 1.3 ms per expert in place, twice the isolated rate, and the GPU waited on it.
 
 Not done here: prefetching the next layer's experts.
 """
@@ -141,11 +143,12 @@ def measure_costs(device: torch.device | str, hidden: int = 2880, intermediate: 
 
 
 def _fraction_from_env() -> float | None:
-    """``GPTOSS_CPU_EXPERTS``: a fraction of misses for the CPU ("0" turns CPU experts off), or unset/"auto"."""
+    """``GPTOSS_CPU_EXPERTS``: a fraction of misses for the CPU, "auto" (None: the cost model decides), or unset /
+    "0" / "off" (every miss crosses PCIe, the default)."""
     raw = os.environ.get(CPU_EXPERTS_ENV, "").strip().lower()
-    if raw in ("", "auto"):
+    if raw == "auto":
         return None
-    if raw in ("off", "no", "false"):
+    if raw in ("", "off", "no", "false"):
         return 0.0
     try:
         return min(1.0, max(0.0, float(raw)))
@@ -163,8 +166,8 @@ class ExpertOffload:
         """``layers`` defaults to those whose experts are not on the compute device (as the plan placed them).
 
         CPU experts: ``cpu_fraction`` forces the share of decode misses computed on the CPU (0: none, 1: all);
-        else ``costs`` decides, measured here when not given on a CUDA device with numba installed. On a CPU
-        device (tests) the default is 0. ``concurrent``: run the CPU experts on a worker thread while the device
+        else ``costs`` decides; with neither, ``GPTOSS_CPU_EXPERTS`` (default 0; "auto": costs measured here on a
+        CUDA device with numba installed). ``concurrent``: run the CPU experts on a worker thread while the device
         works (default: on CUDA; on a CPU device both sides would only compete for the same cores)."""
         self.model, cfg, dev = model, model.cfg, model.device
         self.layers = layers if layers is not None else [
