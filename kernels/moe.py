@@ -128,14 +128,27 @@ def _split8(x8):
 
 
 @triton.jit
-def _x_slice(x_ptr, x_stride_k, k_mask, ks, G, SHARED_X: tl.constexpr, K_PAD: tl.constexpr):
-    """The activations for columns ``ks`` as fp32: one shared row [1, n], or one row per expert [K_PAD, n]."""
+def _row_slice(ptr, stride_k, k_mask, cols, n, SHARED_X: tl.constexpr, K_PAD: tl.constexpr):
+    """Columns ``cols`` (< n) of the GEMV input: one shared row [1, m], or one row per expert [K_PAD, m]."""
     if SHARED_X:
-        xv = tl.load(x_ptr + ks, mask=ks < G * 32, other=0.0).to(tl.float32)[None, :]
+        v = tl.load(ptr + cols, mask=cols < n, other=0)[None, :]
     else:
-        xv = tl.load(x_ptr + tl.arange(0, K_PAD)[:, None] * x_stride_k + ks[None, :],
-                     mask=k_mask[:, None] & (ks < G * 32)[None, :], other=0.0).to(tl.float32)
-    return xv
+        v = tl.load(ptr + tl.arange(0, K_PAD)[:, None] * stride_k + cols[None, :],
+                    mask=k_mask[:, None] & (cols < n)[None, :], other=0)
+    return v
+
+
+@triton.jit
+def _weight_tile(blk_rows, scl_rows, tile_mask, g0, G, BLOCK_G: tl.constexpr):
+    """The packed words [K, N, BLOCK_G*4] and scales [K, N, BLOCK_G] of groups g0.. of every row in the tile;
+    past the end the masks turn the loads off."""
+    cols = g0 * 4 + tl.arange(0, BLOCK_G * 4)
+    gs = g0 + tl.arange(0, BLOCK_G)
+    words = tl.load(blk_rows[:, :, None] + cols[None, None, :],
+                    mask=tile_mask[:, :, None] & (cols < G * 4)[None, None, :], other=0)
+    s = tl.load(scl_rows[:, :, None] + gs[None, None, :],
+                mask=tile_mask[:, :, None] & (gs < G)[None, None, :], other=0)
+    return words, s
 
 
 @triton.jit
@@ -155,29 +168,20 @@ def _mxfp4_gemv(x_ptr, x_stride_k, words_ptr, scl_ptr, experts, k_mask, rows, ro
     """
     W: tl.constexpr = BLOCK_G * 4
     acc = tl.zeros([K_PAD, BLOCK_N, BLOCK_G], dtype=tl.float32)
-    offs_w = tl.arange(0, W)
-    offs_g = tl.arange(0, BLOCK_G)
     offs_x = tl.arange(0, W * 8)
     e64 = experts.to(tl.int64)
     blk_rows = words_ptr + ((e64 * R)[:, None] + rows[None, :]) * (G * 4)
     scl_rows = scl_ptr + ((e64 * R)[:, None] + rows[None, :]) * G
     tile_mask = k_mask[:, None] & row_mask[None, :]
     # Software prefetch: the next tile is in flight while this one is decoded (the loads feed no tl.dot, so
-    # Triton's pipeliner leaves them alone); past the end the masks turn the loads off.
-    words = tl.load(blk_rows[:, :, None] + offs_w[None, None, :],
-                    mask=tile_mask[:, :, None] & (offs_w < G * 4)[None, None, :], other=0)
-    s = tl.load(scl_rows[:, :, None] + offs_g[None, None, :],
-                mask=tile_mask[:, :, None] & (offs_g < G)[None, None, :], other=0)
-    xv = _x_slice(x_ptr, x_stride_k, k_mask, offs_x, G, SHARED_X, K_PAD)
+    # Triton's pipeliner leaves them alone).
+    words, s = _weight_tile(blk_rows, scl_rows, tile_mask, 0, G, BLOCK_G)
+    xv = _row_slice(x_ptr, x_stride_k, k_mask, offs_x, G * 32, SHARED_X, K_PAD).to(tl.float32)
     for g0 in range(0, G, BLOCK_G):
-        cols = (g0 + BLOCK_G) * 4 + offs_w
-        words_next = tl.load(blk_rows[:, :, None] + cols[None, None, :],
-                             mask=tile_mask[:, :, None] & (cols < G * 4)[None, None, :], other=0)
-        gs = g0 + BLOCK_G + offs_g
-        s_next = tl.load(scl_rows[:, :, None] + gs[None, None, :],
-                         mask=tile_mask[:, :, None] & (gs < G)[None, None, :], other=0)
+        words_next, s_next = _weight_tile(blk_rows, scl_rows, tile_mask, g0 + BLOCK_G, G, BLOCK_G)
         # x is prefetched too: a load issued only where it is used puts an L2 round trip into every iteration.
-        xv_next = _x_slice(x_ptr, x_stride_k, k_mask, (g0 + BLOCK_G) * 32 + offs_x, G, SHARED_X, K_PAD)
+        xv_next = _row_slice(x_ptr, x_stride_k, k_mask, (g0 + BLOCK_G) * 32 + offs_x, G * 32, SHARED_X,
+                             K_PAD).to(tl.float32)
         if not X_PRESCALED:
             xv = xv * _X_PRESCALE
         x0, x1, x2, x3, x4, x5, x6, x7 = _split8(tl.reshape(xv, [xv.shape[0], W, 8]))
@@ -277,17 +281,6 @@ def _word_fma(q, a0, a1, a2, a3, part, ASM: tl.constexpr):
 
 
 @triton.jit
-def _pairs_slice(x2_ptr, x2_stride_k, k_mask, ps, G, SHARED_X: tl.constexpr, K_PAD: tl.constexpr):
-    """fp16x2 x pairs ``ps`` (int32 words): one shared row [1, n], or one row per expert [K_PAD, n]."""
-    if SHARED_X:
-        p = tl.load(x2_ptr + ps, mask=ps < G * 16, other=0)[None, :]
-    else:
-        p = tl.load(x2_ptr + tl.arange(0, K_PAD)[:, None] * x2_stride_k + ps[None, :],
-                    mask=k_mask[:, None] & (ps < G * 16)[None, :], other=0)
-    return p
-
-
-@triton.jit
 def _pack_pairs(v):
     """fp32 [A, 8m] -> fp16x2 words [A, 4m]: for each 8 elements, the pairs (i, i + 4) for i = 0..3, in order."""
     x0, x1, x2, x3, x4, x5, x6, x7 = _split8(tl.reshape(v, [v.shape[0], v.shape[1] // 8, 8]))
@@ -304,27 +297,17 @@ def _mxfp4_gemv_f16x2(x2_ptr, x2_stride_k, x_exp, words_ptr, scl_ptr, experts, k
     (4 int32 words per weight word), multiplied by ``2**x_exp`` before it was rounded to fp16."""
     W: tl.constexpr = BLOCK_G * 4
     acc = tl.zeros([K_PAD, BLOCK_N, BLOCK_G], dtype=tl.float32)
-    offs_w = tl.arange(0, W)
-    offs_g = tl.arange(0, BLOCK_G)
     offs_p = tl.arange(0, W * 4)
     scale_exp = 14 - x_exp  # the fp16 partial sums are fp4 * 2**-14 * x * 2**x_exp
     e64 = experts.to(tl.int64)
     blk_rows = words_ptr + ((e64 * R)[:, None] + rows[None, :]) * (G * 4)
     scl_rows = scl_ptr + ((e64 * R)[:, None] + rows[None, :]) * G
     tile_mask = k_mask[:, None] & row_mask[None, :]
-    words = tl.load(blk_rows[:, :, None] + offs_w[None, None, :],
-                    mask=tile_mask[:, :, None] & (offs_w < G * 4)[None, None, :], other=0)
-    s = tl.load(scl_rows[:, :, None] + offs_g[None, None, :],
-                mask=tile_mask[:, :, None] & (offs_g < G)[None, None, :], other=0)
-    xp = _pairs_slice(x2_ptr, x2_stride_k, k_mask, offs_p, G, SHARED_X, K_PAD)
+    words, s = _weight_tile(blk_rows, scl_rows, tile_mask, 0, G, BLOCK_G)
+    xp = _row_slice(x2_ptr, x2_stride_k, k_mask, offs_p, G * 16, SHARED_X, K_PAD)
     for g0 in range(0, G, BLOCK_G):
-        cols = (g0 + BLOCK_G) * 4 + offs_w
-        words_next = tl.load(blk_rows[:, :, None] + cols[None, None, :],
-                             mask=tile_mask[:, :, None] & (cols < G * 4)[None, None, :], other=0)
-        gs = g0 + BLOCK_G + offs_g
-        s_next = tl.load(scl_rows[:, :, None] + gs[None, None, :],
-                         mask=tile_mask[:, :, None] & (gs < G)[None, None, :], other=0)
-        xp_next = _pairs_slice(x2_ptr, x2_stride_k, k_mask, (g0 + BLOCK_G) * 16 + offs_p, G, SHARED_X, K_PAD)
+        words_next, s_next = _weight_tile(blk_rows, scl_rows, tile_mask, g0 + BLOCK_G, G, BLOCK_G)
+        xp_next = _row_slice(x2_ptr, x2_stride_k, k_mask, (g0 + BLOCK_G) * 16 + offs_p, G * 16, SHARED_X, K_PAD)
         # x pair i of weight word j of each group: a{i}{j} [XK, BLOCK_G]; weight word j: q{j} [K_PAD, BLOCK_N, BLOCK_G]
         ev, od = tl.split(tl.reshape(xp, [xp.shape[0], W, 2, 2]))
         a0, a2 = tl.split(ev)
