@@ -26,9 +26,11 @@ from types import SimpleNamespace
 
 import torch
 
+from gptoss_cli.cli import use_expandable_segments
 from gptoss_cli.engine import cpu_experts
 from gptoss_cli.engine.generator import load_random
 from gptoss_cli.engine.offload import measure_costs, measure_h2d, with_offload
+from gptoss_cli.engine.sampling import Sampler, SamplingParams
 from gptoss_cli.hardware import GiB, HardwareOverride, detect
 from gptoss_cli.model.config import GptOssConfig, official_config
 from gptoss_cli.model.random_weights import tiny_config_dict
@@ -59,13 +61,16 @@ def build(name: str, cap_gib: float, smoke: bool) -> tuple:
     return cfg, plan, load_random(cfg, device="cuda", plan=plan)
 
 
-def set_mode(off, mode: str) -> None:
-    """gpu: no CPU experts; auto: the cost model; a number: that fraction of each decode call's misses."""
+def set_mode(engine, graphs, mode: str) -> None:
+    """gpu: no CPU experts (decode reads experts in place, inside the CUDA graph); auto: the cost model; a number:
+    that fraction of each decode call's misses. A CPU share needs the host every layer: no graphs then."""
+    off = engine.offload
     if off is None:
         return
     off.cpu_fraction = 0.0 if mode == "gpu" else (None if mode == "auto" else float(mode))
     if mode == "auto" and off.costs is None:
         raise SystemExit("mode auto needs the offload's measured costs (numba installed, CUDA device)")
+    engine.graphs = graphs if mode == "gpu" else None
 
 
 def run_case(name: str, cap_gib: float, modes: list[str], smoke: bool, tokens: int, prompt: int) -> dict:
@@ -87,27 +92,30 @@ def run_case(name: str, cap_gib: float, modes: list[str], smoke: bool, tokens: i
         "model": "tiny (smoke, CPU)" if smoke else f"gpt-oss-{name}", "cap_gib": cap_gib,
         "experts_on_gpu_layers": len(plan.experts_on_gpu), "offloaded_layers": len(off.layers) if off else 0,
         "expert_cache_slots": plan.expert_cache_slots, "attn": plan.attn_precision,
-        "lm_head": f"{plan.lm_head}/{plan.lm_head_precision}", "path": engine.path_name, "build_seconds": build_s,
+        "lm_head": f"{plan.lm_head}/{plan.lm_head_precision}", "path": engine.path_name,
+        "decode_in_place": bool(off and off.in_place), "build_seconds": build_s,
         "offload_costs": off.costs.to_dict() if off and off.costs else None, "cpu_threads": off.cpu_threads if off else 0,
         "modes": {},
     }
     prefill = []
+    graphs = engine.graphs
+    greedy = Sampler(SamplingParams(temperature=0))
     for mode in modes:
-        set_mode(off, mode)
+        set_mode(engine, graphs, mode)
         decode, per_token = [], []
         for _ in range(3):
             engine.reset()
             sync(dev)
             t = time.perf_counter()
             logits = engine.prefill(ids)
-            last = int(logits.argmax())
+            int(logits.argmax())
             if mode == modes[0]:
                 prefill.append(len(ids) / (time.perf_counter() - t))
             s0 = SimpleNamespace(**vars(off.stats)) if off else None
             sync(dev)
             t = time.perf_counter()
-            for _ in range(tokens):
-                last = int(engine.step(last).argmax())
+            for _ in engine.decode(logits, greedy, tokens + 1):  # the engine's own loop: `tokens` steps
+                pass
             decode.append(tokens / (time.perf_counter() - t))
             if off:
                 d = {k: getattr(off.stats, k) - getattr(s0, k) for k in vars(s0)}
@@ -134,12 +142,51 @@ def run_case(name: str, cap_gib: float, modes: list[str], smoke: bool, tokens: i
     return row
 
 
+def check_case(name: str, cap_gib: float, prompt: int = 256, steps: int = 32) -> dict:
+    """Offloaded vs all-resident logits at the real shape, same random weights and the plan's precisions: a prefill
+    of ``prompt`` tokens (experts staged) then ``steps`` teacher-forced decode steps (experts read in place from RAM
+    inside the CUDA graph). Same kernels on the same bytes, so the logits should be bit-identical."""
+    cfg, plan, engine = build(name, cap_gib, False)
+    ids = torch.randint(0, 199998, (prompt + steps,), generator=torch.Generator().manual_seed(1)).tolist()
+
+    def run(eng) -> torch.Tensor:
+        rows = [eng.prefill(ids[:prompt])]
+        rows += [eng.step(t) for t in ids[prompt:prompt + steps - 1]]
+        return torch.stack(rows).float().cpu()
+
+    path_offloaded = engine.path_name
+    got = run(engine)
+    del engine
+    gc.collect()
+    torch.cuda.empty_cache()
+    resident_plan = SimpleNamespace(experts_on_gpu=tuple(range(cfg.num_hidden_layers)), embedding="gpu",
+                                    lm_head="gpu", attn_precision=plan.attn_precision,
+                                    lm_head_precision=plan.lm_head_precision, expert_cache_slots=0,
+                                    context_length=plan.context_length, prefill_chunk=plan.prefill_chunk)
+    resident = load_random(cfg, device="cuda", plan=resident_plan)
+    path_resident = resident.path_name
+    want = run(resident)
+    del resident
+    gc.collect()
+    torch.cuda.empty_cache()
+    diff = (got - want).abs()
+    row = {"model": f"gpt-oss-{name}", "cap_gib": cap_gib, "positions": got.shape[0],
+           "path_offloaded": path_offloaded, "path_resident": path_resident,
+           "max_abs_diff": diff.max().item(), "bit_identical": bool(torch.equal(got, want)),
+           "top1_agreement": (got.argmax(-1) == want.argmax(-1)).float().mean().item()}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> int:
+    use_expandable_segments()  # as the CLI runs: before the first CUDA allocation
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="20b:4,20b:8,120b:24")
     ap.add_argument("--modes", default="gpu,auto", help="comma-separated: gpu, auto, or a CPU fraction like 0.5")
     ap.add_argument("--tokens", type=int, default=64, help="decode tokens per run")
     ap.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (no GPU needed)")
+    ap.add_argument("--check", default="", help="cases (like --cases) whose offloaded logits are compared with an "
+                                                "all-resident run of the same weights before timing")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -158,6 +205,8 @@ def main() -> int:
     print(f"host->{dev.type} copy {out['h2d_gb_s']:.1f} GB/s; CPU experts {costs.cpu_bytes_s / 1e9:.1f} GB/s on "
           f"{costs.cpu_threads} threads (numba {numba_ok}, warm-up {compile_s:.1f} s); cost-model "
           f"CPU share of misses {costs.cpu_fraction:.2f}", flush=True)
+    out["checks"] = [check_case(*c.split(":")[:1], float(c.split(":")[1])) for c in args.check.split(",")
+                     if c and not smoke]
     cases = ["tiny:0"] if smoke else args.cases.split(",")
     for case in cases:
         name, cap = case.split(":")

@@ -24,32 +24,40 @@ def _parse_list(text: str, what: str) -> list[int]:
 
 
 def run_bench_command(model: str | None, random: str | None, prompts: str, depths: str, decode: int, repeats: int,
-                      device: str, json_out: bool, models_dir: str | None) -> None:
+                      device: str, json_out: bool, models_dir: str | None, vram: str | None = None) -> None:
     import torch
 
     from .errors import UsageError
     from .engine.bench import run_bench
-    from .engine.generator import load, load_random
+    from .engine.generator import load, load_random, resolve_device
     from .model.config import official_config
 
     prompt_list, depth_list = _parse_list(prompts, "--prompt"), _parse_list(depths, "--depth")
     err = Console(stderr=True)
     context = max(max(prompt_list), max(depth_list) + decode, 64) + 8
+    if random:
+        name = {"20b": "gpt-oss-20b", "120b": "gpt-oss-120b"}.get(random, random)
+        if name not in ("gpt-oss-20b", "gpt-oss-120b"):
+            raise UsageError(f"--random takes 20b or 120b, got {random!r}")
+        ref, label = name, f"{name} (random weights)"
+    elif model:
+        from .store import resolve_model
+
+        ref = str(resolve_model(model, models_dir))
+        label = model
+    else:
+        raise UsageError("give a MODEL or --random 20b|120b")
+    plan = None
+    if vram is not None:
+        plan = _plan_within(ref, vram, context, resolve_device(device))
+        label += f", planned for {vram} of VRAM"
     with err.status("loading model…") as status:
         if random:
-            name = {"20b": "gpt-oss-20b", "120b": "gpt-oss-120b"}.get(random, random)
-            if name not in ("gpt-oss-20b", "gpt-oss-120b"):
-                raise UsageError(f"--random takes 20b or 120b, got {random!r}")
-            engine = load_random(official_config(name), device=device, context_length=context)
-            label = f"{name} (random weights)"
-        elif model:
-            from .store import resolve_model
-
-            path = resolve_model(model, models_dir)
-            engine = load(path, device=device, context_length=context)
-            label = model
+            engine = load_random(official_config(ref), device=device, context_length=context, plan=plan)
         else:
-            raise UsageError("give a MODEL or --random 20b|120b")
+            engine = load(ref, device=device, context_length=context, plan=plan)
+        if plan is not None:  # the runs, not the load (random weights are drawn on the GPU), see the cap
+            _cap_memory(engine.device, vram)
         result = run_bench(engine, label, prompt_list, depth_list, decode, repeats,
                            progress=lambda msg: status.update(msg))
         del engine
@@ -60,6 +68,37 @@ def run_bench_command(model: str | None, random: str | None, prompts: str, depth
         sys.stdout.write("\n")
     else:
         Console().print(render(result))
+
+
+def _plan_within(ref: str, vram: str, context: int, device) -> object:
+    """The plan for ``vram`` of free VRAM at the bench's context."""
+    from .errors import GptossError, UsageError
+    from .hardware import HardwareOverride, detect
+    from .plan import Wishes, plan_for
+
+    override = HardwareOverride.from_strings(vram, None)
+    if not override.vram_bytes:
+        raise UsageError("--vram must be a size above 0, e.g. 8GB")
+    if device.type != "cuda":
+        raise UsageError("--vram needs a CUDA device")
+    plan = plan_for(ref, detect(override), Wishes(context=context))
+    if not plan.fits:
+        raise GptossError(f"the model does not fit {vram} of VRAM: {plan.refusal_reason}")
+    return plan
+
+
+def _cap_memory(device, vram: str) -> None:
+    """Cap this process's CUDA memory at ``vram``, so the runs fit a card that small or fail as they would there."""
+    import gc
+
+    import torch
+
+    from .hardware import parse_size
+
+    gc.collect()
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, parse_size(vram, "--vram") / total), device)
 
 
 def render(result: BenchResult) -> Table:

@@ -245,13 +245,16 @@ def bench_command(
     decode: int = typer.Option(128, "--decode", "-n", min=1, help="Tokens generated per decode run."),
     repeats: int = typer.Option(3, "--repeats", "-r", min=1, help="Runs per test; the median is reported."),
     device: str = typer.Option("auto", "--device", help="auto, cuda, cuda:N or cpu."),
+    vram: str | None = typer.Option(None, "--vram", help="Run as the plan for this much free VRAM places the model "
+                                                         "(e.g. 8GB: experts that do not fit stay in RAM), with "
+                                                         "the process capped at it."),
     json_out: bool = typer.Option(False, "--json", help="Print the results as JSON."),
     models_dir: str | None = _models_dir_option(),
 ) -> None:
     """Measure prefill and decode tokens/s, TTFT, load time and peak memory (as llama-bench does)."""
     from .bench_view import run_bench_command
 
-    run_bench_command(model, random, prompts, depths, decode, repeats, device, json_out, models_dir)
+    run_bench_command(model, random, prompts, depths, decode, repeats, device, json_out, models_dir, vram)
 
 
 # ---- self-check -------------------------------------------------------------------------------------------
@@ -280,9 +283,18 @@ def _fail(exc: GptossError) -> int:
     return exc.exit_code
 
 
+def use_expandable_segments() -> None:
+    """Let PyTorch's CUDA allocator grow and shrink segments (Linux; the user's own setting wins). A plan sizes VRAM
+    to the card; with fixed segments, a small tensor kept inside a large freed block pins the whole block, and a
+    later allocation from another pool (a CUDA graph's) can fail with gigabytes free but fragmented."""
+    if sys.platform.startswith("linux"):
+        os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+
 def main() -> None:
     """Console-script entry point: turns known errors into one clear message and an exit code."""
     debug = os.environ.get("GPTOSS_DEBUG") == "1" or "--debug" in sys.argv[1:]
+    use_expandable_segments()
     if len(sys.argv) == 1:  # plain `gptoss`: the help, and success (not click's usage-error exit)
         sys.argv.append("--help")
     try:

@@ -54,3 +54,9 @@ def test_bench_reports_offloaded_experts(tiny_model_dir: Path) -> None:
     assert o["cpu_experts_per_token"] > 0 and o["pcie_bytes_per_token"] >= 0 and 0 <= o["hit_rate"] <= 1
     assert "computed on the CPU" in str(render(result).caption)
     assert json.loads(json.dumps(result.to_dict()))["offload"]["layers"] == 2
+
+
+def test_bench_vram_cap_needs_a_cuda_device() -> None:
+    out = subprocess.run([sys.executable, "-m", "gptoss_cli", "bench", "--random", "20b", "--vram", "8GB",
+                          "--device", "cpu"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--vram needs a CUDA device" in out.stderr

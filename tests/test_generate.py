@@ -8,12 +8,18 @@ import pytest
 import torch
 
 import gptoss_cli
+from gptoss_cli.engine.graphs import DecodeGraphs
 from gptoss_cli.engine.sampling import Sampler, SamplingParams
 
 
-@pytest.fixture(scope="module")
-def engine(tiny_model_dir: Path):
-    return gptoss_cli.load(tiny_model_dir, device="cpu", dtype=torch.float32)
+@pytest.fixture(scope="module", params=["stepwise", "pipelined"])
+def engine(request, tiny_model_dir: Path):
+    """Both decode loops: step by step (read each id, then step), and the one CUDA graphs run, which queues the next
+    step on the sampled id before reading it (DecodeGraphs runs its body eagerly on the CPU)."""
+    eng = gptoss_cli.load(tiny_model_dir, device="cpu", dtype=torch.float32)
+    if request.param == "pipelined":
+        eng.graphs = DecodeGraphs(eng.model, eng.cache)
+    return eng
 
 
 def test_greedy_picks_argmax() -> None:
@@ -86,6 +92,20 @@ def test_stopping_between_tokens_keeps_the_cache_usable(engine) -> None:
     assert (last - engine.logits(longer)[-1]).abs().max().item() <= 1e-4
 
 
+def test_a_stop_forgets_the_step_queued_after_it(engine) -> None:
+    """The pipelined loop has already run the stop token's step when it reads the id; its K/V must not linger
+    (a ring slot would hold a second key at that position). Past the window, so the rings have wrapped."""
+    prompt = list(range(100, 140))
+    free = list(engine.generate(prompt, max_new_tokens=6, temperature=0, stop=[]))
+    out = list(engine.generate(prompt, max_new_tokens=6, temperature=0, stop=[free[3]]))
+    assert out == free[:free.index(free[3]) + 1] and engine.cache.length == len(prompt) + len(out) - 1
+    other = (out[-1] + 1) % engine.config.vocab_size
+    longer = prompt + out[:-1] + [other, 7, 8]
+    last = engine.prefill(longer)
+    assert engine.stats.reused_tokens == len(prompt) + len(out) - 1
+    assert (last - engine.logits(longer)[-1]).abs().max().item() <= 1e-4
+
+
 def test_interrupt_inside_a_forward_leaves_the_cache_exact(engine, monkeypatch) -> None:
     prompt = list(range(40, 90))
     engine.prefill(prompt)
@@ -146,3 +166,15 @@ def test_sampling_follows_the_distribution() -> None:
     freq = torch.bincount(draws, minlength=4).float() / len(draws)
     assert freq[1] == 0  # a token of probability zero is never drawn
     assert (freq - probs).abs().max() < 0.03
+
+
+def test_both_decode_loops_sample_the_same_stream(tiny_model_dir: Path) -> None:
+    """One seed, one stream: the pipelined loop draws the same uniform numbers in the same order (into the graph's
+    input) as the stepwise one, so temperature / top-p / top-k sampling gives the same ids."""
+    stepwise = gptoss_cli.load(tiny_model_dir, device="cpu", dtype=torch.float32)
+    pipelined = gptoss_cli.load(tiny_model_dir, device="cpu", dtype=torch.float32)
+    pipelined.graphs = DecodeGraphs(pipelined.model, pipelined.cache)
+    for params in (dict(temperature=1.0), dict(temperature=0.7, top_p=0.9), dict(temperature=1.3, top_k=20)):
+        a = list(stepwise.generate([5, 6, 7], max_new_tokens=24, seed=11, stop=[], **params))
+        b = list(pipelined.generate([5, 6, 7], max_new_tokens=24, seed=11, stop=[], **params))
+        assert a == b and len(set(a)) > 3

@@ -1,6 +1,6 @@
 """``gptoss bench``: prefill and decode speed, TTFT, load time and memory, as llama-bench reports them.
 
-Decode is timed over whole generations after a warm-up; every figure is the median of ``repeats`` runs. The
+Decode is timed over whole greedy generations through the engine's own decode loop, after a warm-up; every figure is the median of ``repeats`` runs. The
 bandwidth floor counts the bytes one decode token must read (experts of the k routed experts, attention, router,
 norms, lm_head, and the KV cache at the given depth) over the device's measured copy bandwidth.
 """
@@ -17,6 +17,7 @@ import torch
 from ..model.config import GptOssConfig
 from .generator import Engine
 from .offload import ExpertOffload
+from .sampling import Sampler, SamplingParams
 
 
 @dataclass
@@ -64,8 +65,13 @@ def measure_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
     """Device-to-device copy bandwidth in bytes/s, counting bytes read plus written (median of 10)."""
     if device.type != "cuda":
         return 0.0
-    src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
-    dst = torch.empty_like(src)
+    try:
+        src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
+        dst = torch.empty_like(src)
+    except torch.OutOfMemoryError:  # a VRAM cap (bench --vram) leaves less: a smaller copy still sees DRAM speed
+        nbytes //= 8
+        src = torch.empty(nbytes, dtype=torch.uint8, device=device).random_()
+        dst = torch.empty_like(src)
     times = []
     for _ in range(12):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -120,6 +126,7 @@ def run_bench(engine: Engine, name: str, prompts: list[int], depths: list[int], 
         result.prefill_tok_s[n] = statistics.median(runs)
         result.ttft_ms[n] = statistics.median(ttfts)
     off = engine.offload
+    greedy = Sampler(SamplingParams(temperature=0))
     moved = {"tokens": 0, "hits": 0, "misses": 0, "bytes_from_host": 0, "cpu_experts": 0}
     for depth in depths:
         runs = []
@@ -127,15 +134,12 @@ def run_bench(engine: Engine, name: str, prompts: list[int], depths: list[int], 
             say(f"decode {decode_tokens} tokens at depth {depth} ({r + 1}/{repeats})")
             engine.reset()
             ids = _random_ids(max(depth, 1), cfg.vocab_size, 200 + r)
-            engine.prefill(ids)
+            logits = engine.prefill(ids)
             _sync(dev)
             t0 = time.perf_counter()
-            produced = 0
-            last = ids[-1]
             before = {k: getattr(off.stats, k) for k in moved if k != "tokens"} if off else {}
-            for produced in range(1, decode_tokens + 1):
-                logits = engine.step(last)
-                last = int(torch.argmax(logits))
+            # the engine's own greedy loop (the one generation runs): decode_tokens steps after the first id
+            produced = sum(1 for _ in engine.decode(logits, greedy, decode_tokens + 1)) - 1
             _sync(dev)
             runs.append(produced / (time.perf_counter() - t0))
             if off:

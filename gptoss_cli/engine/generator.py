@@ -117,25 +117,83 @@ class Engine:
         last = self.prefill(ids)
         stats.prefill_seconds = time.perf_counter() - t0
         t_first = 0.0
-        for i in range(max_new_tokens):
-            token = sampler(last)
-            stats.generated_tokens += 1
-            if i == 0:
-                t_first = time.perf_counter()
-                stats.ttft_seconds = t_first - t0
-            yield token
-            if token in stops:
-                stats.finish_reason = "stop"
-                break
-            if should_stop is not None and should_stop():
-                stats.finish_reason = "cancelled"
-                break
-            if i + 1 < max_new_tokens:
-                last = self.step(token)
-        else:
-            stats.finish_reason = "length"
-        if t_first:
-            stats.decode_seconds = time.perf_counter() - t_first
+        cancelled = False
+
+        def cancel() -> bool:
+            nonlocal cancelled
+            cancelled = should_stop is not None and should_stop()
+            return cancelled
+
+        try:
+            for token in self.decode(last, sampler, max_new_tokens, stops, cancel):
+                stats.generated_tokens += 1
+                if stats.generated_tokens == 1:
+                    t_first = time.perf_counter()
+                    stats.ttft_seconds = t_first - t0
+                yield token
+                if token in stops:
+                    stats.finish_reason = "stop"
+            if not stats.finish_reason:
+                stats.finish_reason = "cancelled" if cancelled else "length"
+        finally:
+            if t_first:
+                stats.decode_seconds = time.perf_counter() - t_first
+
+    @torch.inference_mode()
+    def decode(self, logits: torch.Tensor, sampler: Sampler, max_new_tokens: int, stops: Iterable[int] = (),
+               should_stop: Callable[[], bool] | None = None) -> Iterator[int]:
+        """Sample from ``logits`` (the last prefilled token's), then keep stepping: yields up to ``max_new_tokens``
+        ids; a stop id (yielded) or ``should_stop()`` after a yield ends it.
+
+        With CUDA graphs each step samples the next id inside the graph, into the graph's own input, and the next
+        step is queued before that id is read back, so the GPU never waits for the host between tokens. The step is committed to the cache once its id is known to continue
+        the text; otherwise the slots it wrote at the cache's length are emptied again (``drop_uncommitted``).
+        """
+        stops = set(stops)
+        if self.graphs is None or not self.graphs.samples_inside:
+            for i in range(max_new_tokens):
+                token = sampler(logits)
+                yield token
+                if token in stops or (should_stop is not None and should_stop()):
+                    return
+                if i + 1 < max_new_tokens:
+                    logits = self.step(token)
+            return
+        cuda = self.device.type == "cuda"
+        ring = torch.empty(2, dtype=torch.long, pin_memory=cuda)  # ids on their way back, two in flight at most
+        ready = [torch.cuda.Event(), torch.cuda.Event()] if cuda else []
+
+        def read_back(i: int, token: torch.Tensor) -> None:
+            ring[i % 2:i % 2 + 1].copy_(token, non_blocking=cuda)
+            if cuda:
+                ready[i % 2].record()
+
+        token_in = self.graphs.token  # the graph's input id; each step samples the next one into it
+        token_in.copy_(sampler.pick(logits))
+        read_back(0, token_in)
+        pending = False  # a queued step not committed yet
+        try:
+            for i in range(max_new_tokens):
+                queued = i + 1 < max_new_tokens and self.cache.length < self.cache.context_length
+                if queued:
+                    pending = True
+                    self._graph_step(None, sampler)
+                    read_back(i + 1, token_in)
+                if cuda:
+                    ready[i % 2].synchronize()
+                token = int(ring[i % 2])
+                yield token
+                if token in stops or (should_stop is not None and should_stop()):
+                    return
+                if i + 1 < max_new_tokens:
+                    if not queued:
+                        self.cache.check_room(1)  # raises: the context is full
+                    self.cache.advance(1)
+                    self.tokens.append(token)
+                    pending = False
+        finally:
+            if pending:
+                self.cache.drop_uncommitted()
 
     # ---- the session protocol -------------------------------------------------------------
     @torch.inference_mode()
@@ -165,28 +223,38 @@ class Engine:
         """Append one token; return its logits (float32 [vocab])."""
         if self.graphs is None:
             return self.model.logits(self._forward([token]))[0]
+        self._check_ids([token])
         self.cache.check_room(1)
+        logits = self._graph_step(token)
+        self.cache.advance(1)
+        self.tokens.append(token)
+        return logits[0].clone()  # the graph's output buffer is overwritten by the next replay
+
+    def _graph_step(self, token: int | None, sampler: Sampler | None = None) -> torch.Tensor:
+        """One graph replay at the cache's length, not committed (the caller advances the cache)."""
         before = self.cache.length
+        if self.offload is not None:
+            self.offload.count_in_place(1)
         try:
-            logits = self.graphs.step(self.model.embed(self._ids([token])), before)
+            return self.graphs.step(token, before, sampler)
         except BaseException:
             kept = self.cache.trim(before, force=True)
             del self.tokens[kept:]
             raise
-        self.cache.advance(1)
-        self.tokens.append(token)
-        return logits[0].clone()  # the graph's output buffer is overwritten by the next replay
 
     def reset(self) -> None:
         self.cache.reset()
         self.tokens.clear()
 
     # ---- internals --------------------------------------------------------------------------
-    def _ids(self, ids: Sequence[int]) -> torch.Tensor:
+    def _check_ids(self, ids: Sequence[int]) -> None:
         vocab = self.config.vocab_size
         bad = [i for i in ids if not 0 <= i < vocab]
         if bad:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary (size {vocab})")
+
+    def _ids(self, ids: Sequence[int]) -> torch.Tensor:
+        self._check_ids(ids)
         return torch.tensor(list(ids), dtype=torch.long, device=self.device)
 
     def _forward(self, chunk: list[int]) -> torch.Tensor:

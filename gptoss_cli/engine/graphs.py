@@ -4,6 +4,10 @@ A decode step is ~400 small kernels at batch 1; launching them one by one costs 
 A graph replays them with the launch gaps closed. Full-attention layers read the cache up to a bucket (a power of
 two up to 4k, then multiples of 4k) so one graph serves many lengths while reading at most one bucket step of
 empty slots (masked by their position -1). Graphs are captured lazily, the first time a bucket is reached.
+
+The graph's input is a token id already on the GPU (the embedding row is looked up inside it when the table is on
+the GPU), so the engine can queue the next step on a sampled id it has not read back yet. Where graphs do not
+exist (a CPU device, in tests) the same step body runs eagerly behind the same interface.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 
 from ..model.cache import KVCache
 from ..model.transformer import GptOss, Int8Weight
+from .sampling import Sampler
 
 _SMALL_BUCKETS = (256, 512, 1024, 2048, 4096)
 _BUCKET_STEP = 4096
@@ -33,8 +38,9 @@ def graphs_supported(model: GptOss) -> tuple[bool, str]:
         return False, "not on a CUDA device"
     if not model.ops.graph_safe:
         return False, f"the {model.ops.name} path synchronises with the host"
-    if any(layer.gate_up_blocks.device != model.device for layer in model.layers):
-        return False, "some experts live in system RAM"
+    if any(layer.gate_up_blocks.device != model.device and not layer.gate_up_blocks.is_pinned()
+           for layer in model.layers):
+        return False, "some experts live in system RAM that the GPU cannot read in place"
     return True, "ok"
 
 
@@ -42,40 +48,70 @@ class DecodeGraphs:
     def __init__(self, model: GptOss, cache: KVCache) -> None:
         self.model, self.cache = model, cache
         cfg, dev = model.cfg, model.device
+        self.token = torch.zeros(1, dtype=torch.long, device=dev)
         self.x = torch.zeros(1, cfg.hidden_size, dtype=model.dtype, device=dev)
         self.pos = torch.zeros(1, dtype=torch.long, device=dev)
+        self.u = torch.zeros(1, dtype=torch.float32, device=dev)  # the sampler's uniform number for this step
         w = model.lm_head
         self.logits_inside = (w.q.device if isinstance(w, Int8Weight) else w.device) == dev
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.pool = torch.cuda.graph_pool_handle()
+        # a table the plan keeps in RAM is read on the host, outside the graph, into self.x
+        self.embed_inside = model.embedding.device == dev
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = torch.cuda.graph_pool_handle() if dev.type == "cuda" else None
 
-    def _body(self, kv_len: int) -> torch.Tensor:
+    @property
+    def samples_inside(self) -> bool:
+        """Whether a step can end with the next token sampled into ``self.token`` (token in, token out)."""
+        return self.embed_inside and self.logits_inside
+
+    def _body(self, kv_len: int, sampler: Sampler | None) -> torch.Tensor:
+        x = self.model.embed(self.token) if self.embed_inside else self.x
         step = self.model.ops.decode_step
         if step is not None:
-            hidden = step(self.model, self.x, self.pos, self.cache, kv_len)
+            hidden = step(self.model, x, self.pos, self.cache, kv_len)
         else:
-            hidden = self.model.layers_forward(self.x, self.pos,
-                                               partial(self.cache.update_static, kv_len=kv_len))
-        return self.model.logits(hidden) if self.logits_inside else hidden
+            hidden = self.model.layers_forward(x, self.pos, partial(self.cache.update_static, kv_len=kv_len))
+        if not self.logits_inside:
+            return hidden
+        logits = self.model.logits(hidden)
+        if sampler is not None:
+            self.token.copy_(sampler.pick(logits[0], self.u))
+        return logits
 
-    def _capture(self, kv_len: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
-        # Warm-up on a side stream compiles the kernels for these shapes; it writes the same K/V the step will.
-        side = torch.cuda.Stream(device=self.x.device)
-        side.wait_stream(torch.cuda.current_stream(self.x.device))
-        with torch.cuda.stream(side):
-            self._body(kv_len)
-        torch.cuda.current_stream(self.x.device).wait_stream(side)
+    def _capture(self, kv_len: int, sampler: Sampler | None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+        # The warm-up compiles and loads the kernels for these shapes, which capture cannot do. It runs on the
+        # current stream, from blocks that stream has cached (a side stream would need fresh ones, which a card
+        # sized by the plan may not have), and writes the same K/V the step will; it also samples into
+        # self.token, so the input id is put back before the graph first runs.
+        token = self.token.clone()
+        self._body(kv_len, sampler)
+        self.token.copy_(token)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            out = self._body(kv_len)
-        self.graphs[kv_len] = (graph, out)
+            out = self._body(kv_len, sampler)
+        key = (kv_len, sampler.params if sampler is not None else None)
+        self.graphs[key] = (graph, out)
         return graph, out
 
-    def step(self, x: torch.Tensor, position: int) -> torch.Tensor:
-        """Run one decode token (embedded ``x`` [1, H]) at ``position``; returns float32 logits [1, vocab]."""
-        self.x.copy_(x)
+    def step(self, token: int | torch.Tensor | None, position: int, sampler: Sampler | None = None) -> torch.Tensor:
+        """Run one decode token at ``position``; returns float32 logits [1, vocab], a buffer the next step
+        overwrites. ``token``: an id, a long tensor [1] on the GPU that need not be computed yet (no wait), or None
+        for the id already in ``self.token``. With ``sampler`` (needs ``samples_inside``) the step also samples
+        the next id into ``self.token``, inside the graph."""
+        if isinstance(token, torch.Tensor):
+            self.token.copy_(token.reshape(1), non_blocking=True)
+        elif token is not None:
+            self.token.fill_(token)
+        if not self.embed_inside:
+            self.x.copy_(self.model.embed(self.token.cpu()))
+        if sampler is not None and sampler.params.temperature > 0:
+            self.u.fill_(sampler.draw())
         self.pos.fill_(position)
         kv_len = kv_bucket(position + 1, self.cache.context_length)
-        graph, out = self.graphs.get(kv_len) or self._capture(kv_len)
-        graph.replay()
+        if self.pool is None:
+            out = self._body(kv_len, sampler)
+        else:
+            key = (kv_len, sampler.params if sampler is not None else None)
+            graph, out = self.graphs.get(key) or self._capture(kv_len, sampler)
+            graph.replay()
         return out if self.logits_inside else self.model.logits(out)

@@ -1,14 +1,19 @@
 """Experts kept off the GPU: pinned host RAM, MXFP4-packed, served through a GPU expert cache and the CPU.
 
 Only k of E experts run per token and layer, so a layer whose experts live in RAM needs k experts' bytes on the GPU
-for a decode step (4 x 13.2 MB for gpt-oss), not all of them. Each call routes on the GPU, reads the chosen ids
-(one small host synchronisation per offloaded layer), and assembles those experts in a staging buffer indexed by
-expert id: from the cache's GPU slots when they are there (a device copy), else from pinned RAM over PCIe (then
-kept in the cache, least recently used out). The regular MoE kernels then run on the staging buffer, so offloaded
-layers compute exactly what resident ones do. Prefill chunks route many tokens at once and stream each needed
-expert to the GPU once per chunk.
+for a decode step (4 x 13.2 MB for gpt-oss), not all of them.
 
-Decode (one token) can also compute some of the misses on the CPU, where their bytes already are (as llama.cpp
+Decode on the Triton path reads them in place: pinned RAM has a device address (unified addressing), so the decode
+MoE kernels read the k routed experts' MXFP4 bytes straight over PCIe ("zero-copy"), with no staging copy and no
+host synchronisation, and the whole decode step, offloaded layers included, stays inside one CUDA graph.
+
+Prefill chunks (and the torch reference path) route on the GPU, read the chosen ids (one small host
+synchronisation per offloaded layer), and assemble those experts in a staging buffer indexed by expert id: from
+the cache's GPU slots when they are there (a device copy), else from pinned RAM over PCIe (then kept in the cache,
+least recently used out). The regular MoE kernels then run on the staging buffer, so offloaded layers compute
+exactly what resident ones do; a chunk streams each needed expert to the GPU once.
+
+Decode can instead compute some of the misses on the CPU, where their bytes already are (as llama.cpp
 and Fiddler do): a worker thread runs engine/cpu_experts.py on those experts while the main thread copies the
 other misses over PCIe and runs the GPU kernels, then the CPU's fp32 sum is added to the GPU's result. The GPU
 kernels still see all k routed experts, but a CPU-computed one is staged as zeros with zero biases, so it adds
@@ -211,6 +216,10 @@ class ExpertOffload:
         self.cpu_threads = cpu_threads or (costs.cpu_threads if costs else cpu_experts.default_threads())
         self.concurrent = dev.type == "cuda" if concurrent is None else concurrent
         self._pool: ThreadPoolExecutor | None = None
+        # decode reads the routed experts straight from pinned RAM (the Triton kernels on a CUDA device; set by
+        # with_offload, which knows the ops)
+        self.in_place = False
+        self._decode_max_tokens = 0
 
     @property
     def gpu_bytes(self) -> int:
@@ -267,8 +276,20 @@ class ExpertOffload:
             return F.linear(x, layer.router_w, layer.router_b)
         return F.linear(x.float(), layer.router_w.float(), layer.router_b.float())
 
+    def count_in_place(self, tokens: int) -> None:
+        """Account decode tokens whose offloaded layers read their routed experts in place (zero-copy): each of the
+        k experts of every offloaded layer crosses PCIe once per token. CUDA-graph steps are counted by the engine,
+        since nothing here runs while a graph replays."""
+        n = tokens * self.model.cfg.num_experts_per_tok * len(self.layers)
+        self.stats.misses += n
+        self.stats.bytes_from_host += n * self.expert_bytes
+
     def moe(self, x: torch.Tensor, layer: Layer, cfg: GptOssConfig, index: int, inner: Ops) -> torch.Tensor:
         self.stats.calls += 1
+        if self.in_place and x.shape[0] <= self._decode_max_tokens and self.cpu_fraction == 0:
+            self.stats.misses += x.shape[0] * cfg.num_experts_per_tok
+            self.stats.bytes_from_host += x.shape[0] * cfg.num_experts_per_tok * self.expert_bytes
+            return inner.moe(x, layer, cfg)
         logits = self._router_logits(x, layer, inner)
         if x.shape[0] == 1 and (self.cpu_fraction is None or self.cpu_fraction > 0):
             return self._decode_split(x, logits, layer, cfg, index, inner)
@@ -337,6 +358,12 @@ def with_offload(model: GptOss, cache_slots: int, layers: list[int] | None = Non
     offload = ExpertOffload(model, cache_slots, layers, cpu_fraction=cpu_fraction, costs=costs,
                             concurrent=concurrent)
     inner = model.ops
+    offload.in_place = (model.device.type == "cuda" and inner.decode_step is not None
+                        and all(model.layers[i].gate_up_blocks.is_pinned() for i in offload.layers))
+    if offload.in_place:
+        from gptoss_kernels.moe import DECODE_MAX_TOKENS
+
+        offload._decode_max_tokens = DECODE_MAX_TOKENS
     index_of = {id(layer): i for i, layer in enumerate(model.layers)}
     offloaded = set(offload.layers)
 
@@ -346,5 +373,7 @@ def with_offload(model: GptOss, cache_slots: int, layers: list[int] | None = Non
             return offload.moe(x, layer, cfg, i, inner)
         return inner.moe(x, layer, cfg)
 
-    model.ops = replace(inner, name=inner.name + " + expert offload", moe=moe, graph_safe=False)
+    # decode stays graph-capturable when it reads experts in place and no CPU share needs the host each layer
+    graph_safe = inner.graph_safe and offload.in_place and offload.cpu_fraction == 0
+    model.ops = replace(inner, name=inner.name + " + expert offload", moe=moe, graph_safe=graph_safe)
     return offload

@@ -41,9 +41,20 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor) -> int:
         """logits [vocab] (any device, any float dtype) -> token id."""
+        return int(self.pick(logits))
+
+    def draw(self) -> float:
+        """The next uniform number of this generation's stream (one per sampled token)."""
+        return torch.rand((), generator=self.generator).item()
+
+    def pick(self, logits: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+        """logits [vocab] -> the token id as a long tensor [1] where the logits are, without waiting for it: the
+        engine queues the next decode step on that tensor before it reads the id back. ``u``: the uniform number
+        as a tensor [1] on the logits' device (a CUDA graph's input, filled from ``draw`` before each replay);
+        by default one is drawn here."""
         p = self.params
         if p.temperature == 0:
-            return int(torch.argmax(logits))
+            return torch.argmax(logits, dim=-1, keepdim=True)
         logits = logits.float() / p.temperature
         if p.top_k and p.top_k < logits.shape[-1]:
             kth = torch.topk(logits, p.top_k).values[-1]
@@ -56,6 +67,7 @@ class Sampler:
             sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
         cdf = torch.cumsum(probs, dim=-1)
-        u = torch.rand((), generator=self.generator).item() * cdf[-1]
-        # the first index whose cumulative mass exceeds u: never a token of probability zero
-        return min(int(torch.searchsorted(cdf, u.reshape(1), right=True)), probs.shape[-1] - 1)
+        # the first index whose cumulative mass exceeds u (drawn on the host: no device round trip): never a token
+        # of probability zero
+        target = cdf[-1:] * (self.draw() if u is None else u)
+        return torch.searchsorted(cdf, target, right=True).clamp_(max=probs.shape[-1] - 1)

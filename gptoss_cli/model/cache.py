@@ -98,6 +98,17 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.length += n
 
+    def drop_uncommitted(self) -> None:
+        """Empty the slots a decode step at position ``length`` may have written without being committed (the
+        engine queues a step before it knows its token continues the text). Always safe: no query at a position
+        >= length reads those slots (a ring's held the key just outside that position's window), and a rewind
+        below ``length`` restores the rings from a snapshot."""
+        for lc in self.layers:
+            cap = lc.pos.shape[0]
+            slot = self.length % cap if lc.ring else self.length
+            if slot < cap:
+                lc.pos[slot] = -1
+
     # ---- rewinding ------------------------------------------------------------------------
     def _ring_state(self, empty: bool = False) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         out = []

@@ -37,6 +37,17 @@ def _on_kernels(x: torch.Tensor) -> bool:
     return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def experts_reachable(blocks: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether the Triton MoE can read these expert weights for ``x``: on x's device, or, for a decode-sized ``x``
+    on a CUDA device, in pinned host RAM, read in place over PCIe (zero-copy: only the routed experts' bytes cross,
+    with no staging copy and no host synchronisation, so an offloaded layer's decode stays inside the CUDA graph)."""
+    if blocks.device == x.device:
+        return True
+    from gptoss_kernels.moe import DECODE_MAX_TOKENS
+
+    return x.is_cuda and x.shape[0] <= DECODE_MAX_TOKENS and blocks.is_pinned()
+
+
 def fast_ops() -> Ops:
     from gptoss_kernels import attention as attn_kernels
     from gptoss_kernels import gemv as gemv_kernels
@@ -64,7 +75,7 @@ def fast_ops() -> Ops:
         return attn_kernels.attention(q.contiguous(), k, v, sinks, q_pos, k_pos, sm_scale, window)
 
     def moe(x: torch.Tensor, layer: Layer, cfg: GptOssConfig) -> torch.Tensor:
-        if not _on_kernels(x) or layer.gate_up_blocks.device != x.device:
+        if not _on_kernels(x) or not experts_reachable(layer.gate_up_blocks, x):
             return ref.moe(x, layer, cfg)
         return moe_kernels.moe(x, layer.router_w, layer.router_b, layer.gate_up_blocks, layer.gate_up_scales,
                                layer.gate_up_bias, layer.down_blocks, layer.down_scales, layer.down_bias,
@@ -101,7 +112,7 @@ def decode_step(model: GptOss, x: torch.Tensor, positions: torch.Tensor, cache: 
         window = cfg.sliding_window if layer.sliding else None
         o = ops.attention(q, lc.k[:span], lc.v[:span], layer.sinks, positions, lc.pos[:span], model.sm_scale, window)
         attn_out = ops.linear(o, layer.o_w, layer.o_b)
-        if layer.gate_up_blocks.device == x.device:  # residual add, MoE norm and router in one launch
+        if experts_reachable(layer.gate_up_blocks, x):  # residual add, MoE norm and router in one launch
             x, t, routing = moe_kernels.add_rms_norm_route(x, attn_out, layer.mlp_norm, eps, layer.router_w,
                                                            layer.router_b)
             moe_out = moe_kernels.experts_decode(t, routing, layer.gate_up_blocks, layer.gate_up_scales,
