@@ -67,3 +67,23 @@ def test_fused_step_falls_back_for_a_head_dim_the_kernels_do_not_take(tmp_path: 
                          text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert float(out.stdout) < 1e-3
+
+
+def test_fused_step_with_int8_attention_matches_the_reference() -> None:
+    """The plan's int8 attention/lm_head through the fused decode step (int8 GEMVs for q/k/v/o and lm_head): same
+    logits as the reference path's int8 model (fp32 activations)."""
+    import torch
+
+    from gptoss_cli.engine.generator import load_random
+    from gptoss_cli.model.config import GptOssConfig
+    from gptoss_cli.model.fast import decode_step
+    from gptoss_cli.model.random_weights import tiny_config_dict
+
+    cfg = GptOssConfig.from_dict(tiny_config_dict(num_hidden_layers=2))
+    ref = load_random(cfg, device="cpu", dtype=torch.float32, int8=True, fast=False, context_length=64)
+    fast = load_random(cfg, device="cpu", dtype=torch.float32, int8=True, fast=True, context_length=64)
+    ids = list(range(40, 61))
+    want = ref.logits(ids)[-1]
+    fast.prefill(ids[:-1])
+    hidden = decode_step(fast.model, fast.model.embed(torch.tensor(ids[-1:])), torch.tensor([20]), fast.cache, 32)
+    assert (fast.model.logits(hidden)[0] - want).abs().max().item() < 1e-3
