@@ -60,14 +60,20 @@ class Sampler:
             kth = torch.topk(logits, p.top_k).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))
         probs = torch.softmax(logits, dim=-1)
+        # Cumulative sums in float64: a CUDA float cumsum is not the same run to run (its scan adds in an order set
+        # by timing), and in float32 that moved a draw across a token boundary once in ~100 tokens on an H200;
+        # float64 leaves ~1e-13 of room instead of ~1e-6.
         if p.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True)
+            sorted_probs, order = torch.sort(probs, descending=True, stable=True)
             # Keep the smallest prefix whose mass reaches top_p (the token that crosses it stays).
-            drop = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= p.top_p
+            drop = (torch.cumsum(sorted_probs.double(), dim=-1) - sorted_probs.double()) >= p.top_p
             sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        cdf = torch.cumsum(probs, dim=-1)
+        cdf = torch.cumsum(probs.double(), dim=-1)
         # the first index whose cumulative mass exceeds u (drawn on the host: no device round trip): never a token
-        # of probability zero
-        target = cdf[-1:] * (self.draw() if u is None else u)
+        # of probability zero. u is a float32 tensor in both loops, so a draw inside a CUDA graph and one outside it
+        # do the same arithmetic (with u as a Python float they differed).
+        if u is None:
+            u = torch.full((1,), self.draw(), dtype=torch.float32, device=logits.device)
+        target = cdf[-1:] * u.double()
         return torch.searchsorted(cdf, target, right=True).clamp_(max=probs.shape[-1] - 1)
