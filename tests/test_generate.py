@@ -178,3 +178,18 @@ def test_both_decode_loops_sample_the_same_stream(tiny_model_dir: Path) -> None:
         a = list(stepwise.generate([5, 6, 7], max_new_tokens=24, seed=11, stop=[], **params))
         b = list(pipelined.generate([5, 6, 7], max_new_tokens=24, seed=11, stop=[], **params))
         assert a == b and len(set(a)) > 3
+
+
+def test_a_step_samples_only_where_the_graph_embeds_and_projects(tiny_model_dir: Path) -> None:
+    """With the embedding table in RAM the next id cannot stay on the device: such a graph refuses to sample, and
+    the engine's decode falls back to reading each id (same ids)."""
+    from gptoss_cli.engine.sampling import Sampler, SamplingParams
+
+    eng = gptoss_cli.load(tiny_model_dir, device="cpu", dtype=torch.float32)
+    want = list(eng.generate([1, 2, 3], max_new_tokens=6, temperature=0, stop=[]))
+    graphs = DecodeGraphs(eng.model, eng.cache)
+    graphs.embed_inside = False  # as when the plan keeps the table in RAM on a CUDA device
+    eng.graphs = graphs
+    with pytest.raises(ValueError, match="embedding and lm_head on the GPU"):
+        graphs.step(None, 0, Sampler(SamplingParams(temperature=0)))
+    assert list(eng.generate([1, 2, 3], max_new_tokens=6, temperature=0, stop=[])) == want

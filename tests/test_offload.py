@@ -124,3 +124,15 @@ def test_cpu_experts_beside_the_triton_kernels(tiny_model_dir: Path) -> None:
     got = [engine.prefill(ids[:9])] + [engine.step(t) for t in ids[9:]]
     assert max((a - b).abs().max().item() for a, b in zip(got, want)) < 1e-3
     assert offload.stats.cpu_experts > 0
+
+
+def test_in_place_decode_needs_pinned_memory_and_counts_every_routed_expert(tiny_model_dir: Path) -> None:
+    """Reading experts in place (and so graph capture) is for pinned host RAM on a CUDA device: never on the CPU,
+    where the staging path stays. Graph steps are counted by the engine: k experts per offloaded layer per token."""
+    engine = gptoss_cli.load(tiny_model_dir, device="cpu", dtype=torch.float32)
+    offload = with_offload(engine.model, 2, [0, 2])
+    assert not offload.in_place and not engine.model.ops.graph_safe
+    offload.count_in_place(3)
+    k = engine.config.num_experts_per_tok
+    assert offload.stats.misses == 3 * k * 2 and offload.stats.bytes_from_host == 3 * k * 2 * offload.expert_bytes
+    assert offload.stats.hits == 0

@@ -93,17 +93,17 @@ class DecodeGraphs:
         self.graphs[key] = (graph, out)
         return graph, out
 
-    def step(self, token: int | torch.Tensor | None, position: int, sampler: Sampler | None = None) -> torch.Tensor:
+    def step(self, token: int | None, position: int, sampler: Sampler | None = None) -> torch.Tensor:
         """Run one decode token at ``position``; returns float32 logits [1, vocab], a buffer the next step
-        overwrites. ``token``: an id, a long tensor [1] on the GPU that need not be computed yet (no wait), or None
-        for the id already in ``self.token``. With ``sampler`` (needs ``samples_inside``) the step also samples
-        the next id into ``self.token``, inside the graph."""
-        if isinstance(token, torch.Tensor):
-            self.token.copy_(token.reshape(1), non_blocking=True)
-        elif token is not None:
+        overwrites. ``token``: an id, or None for the id already in ``self.token`` (a previous step sampled it
+        there; needs ``samples_inside``). With ``sampler`` the step also samples the next id into ``self.token``,
+        inside the graph."""
+        if (token is None or sampler is not None) and not self.samples_inside:
+            raise ValueError("sampling inside the step needs the embedding and lm_head on the GPU")
+        if token is not None and self.embed_inside:
             self.token.fill_(token)
-        if not self.embed_inside:
-            self.x.copy_(self.model.embed(self.token.cpu()))
+        elif token is not None:  # the table is in RAM: look the row up there
+            self.x.copy_(self.model.embed(torch.tensor([token])))
         if sampler is not None and sampler.params.temperature > 0:
             self.u.fill_(sampler.draw())
         self.pos.fill_(position)
