@@ -1,7 +1,7 @@
 """``gptoss bench``: prefill and decode speed, TTFT, load time and memory, as llama-bench reports them.
 
-Decode is timed over whole greedy generations through the engine's own decode loop, after a warm-up; every figure is the median of ``repeats`` runs. The
-bandwidth floor counts the bytes one decode token must read (experts of the k routed experts, attention, router,
+Decode is timed over whole greedy generations through the engine's own decode loop, after a warm-up; every figure
+is the median of ``repeats`` runs. The bandwidth floor counts the bytes one decode token must read (experts of the k routed experts, attention, router,
 norms, lm_head, and the KV cache at the given depth) over the device's measured copy bandwidth.
 """
 

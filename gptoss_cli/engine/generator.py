@@ -146,8 +146,9 @@ class Engine:
         ids; a stop id (yielded) or ``should_stop()`` after a yield ends it.
 
         With CUDA graphs each step samples the next id inside the graph, into the graph's own input, and the next
-        step is queued before that id is read back, so the GPU never waits for the host between tokens. The step is committed to the cache once its id is known to continue
-        the text; otherwise the slots it wrote at the cache's length are emptied again (``drop_uncommitted``).
+        step is queued before that id is read back, so the GPU never waits for the host between tokens. The step
+        is committed to the cache once its id is known to continue the text; otherwise the slots it wrote at the
+        cache's length are emptied again (``drop_uncommitted``).
         """
         stops = set(stops)
         if self.graphs is None or not self.graphs.samples_inside:
@@ -233,7 +234,7 @@ class Engine:
     def _graph_step(self, token: int | None, sampler: Sampler | None = None) -> torch.Tensor:
         """One graph replay at the cache's length, not committed (the caller advances the cache)."""
         before = self.cache.length
-        if self.offload is not None:
+        if self.offload is not None and self.offload.in_place:
             self.offload.count_in_place(1)
         try:
             return self.graphs.step(token, before, sampler)
