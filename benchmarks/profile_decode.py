@@ -35,15 +35,18 @@ def pdl_is_race_free(engine, ids: list[int]) -> dict:
         torch.cuda.synchronize()
         return rows
 
+    from gptoss_cli.engine.graphs import DecodeGraphs
+
     with_pdl = run()
     enabled = pdl.enabled
     pdl.enabled = lambda t: False
-    engine.graphs.graphs.clear()
+    # fresh graphs (and pool): clearing captured graphs while keeping their pool handle trips a PyTorch assert
+    engine.graphs = DecodeGraphs(engine.model, engine.cache)
     try:
         without = run()
     finally:
         pdl.enabled = enabled
-        engine.graphs.graphs.clear()
+        engine.graphs = DecodeGraphs(engine.model, engine.cache)
     diff = (with_pdl - without).abs().max().item()
     return {"pdl_on": enabled(with_pdl), "max_abs_diff_pdl_on_vs_off": diff,
             "finite": bool(torch.isfinite(with_pdl).all())}
