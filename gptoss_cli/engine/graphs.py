@@ -1,4 +1,4 @@
-"""Decode captured in CUDA graphs: one graph per KV-length bucket, replayed each token.
+"""Decode captured in CUDA graphs: one graph per KV-length bucket (and sampling setting), replayed each token.
 
 A decode step is ~400 small kernels at batch 1; launching them one by one costs more than the bytes they move.
 A graph replays them with the launch gaps closed. Full-attention layers read the cache up to a bucket (a power of
@@ -6,7 +6,8 @@ two up to 4k, then multiples of 4k) so one graph serves many lengths while readi
 empty slots (masked by their position -1). Graphs are captured lazily, the first time a bucket is reached.
 
 The graph's input is a token id already on the GPU (the embedding row is looked up inside it when the table is on
-the GPU), so the engine can queue the next step on a sampled id it has not read back yet. Where graphs do not
+the GPU) and, given a sampler, its last kernels sample the next id into that same input, so the engine can queue
+the next step on an id it has not read back yet. Where graphs do not
 exist (a CPU device, in tests) the same step body runs eagerly behind the same interface.
 """
 

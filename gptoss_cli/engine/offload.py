@@ -24,7 +24,9 @@ H200 test host (16 Xeon cores, 18.5 GB/s of CPU expert throughput, 55.5 GB/s ove
 made decode slower in every case measured (20b at 4 GiB: 15.4 vs 29.8 tok/s; BENCHMARKS.md), because the CPU
 share of each layer took 1.3 ms per expert in place, twice the isolated rate, and the GPU waited on it.
 
-Not done here: prefetching the next layer's experts.
+Not done here: the in-place decode does not consult the GPU cache (it serves prefill), so every routed expert of an
+offloaded layer crosses PCIe each token (a model whose routing repeats would gain from a cache there); a CPU share
+needs the host every layer, so it turns the CUDA graphs off.
 """
 
 from __future__ import annotations
