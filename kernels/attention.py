@@ -16,13 +16,13 @@ of one KV head into the rows of one tile and splits the keys over programs, foll
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from . import pdl
+from .interpret import dot_dtype, interpreting
 
 LOG2E = math.log2(math.e)
 _LOG2E = tl.constexpr(LOG2E)
@@ -217,15 +217,6 @@ DECODE_CONFIG = {"BLOCK_N": 64, "num_warps": 4, "num_stages": 3, "split_min_keys
                  "max_programs": 1024}
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
-    """tl.dot operand dtype; see kernels/moe.py: Triton's CPU interpreter cannot multiply bf16, so it gets fp32."""
-    if dtype == torch.float32 or (dtype == torch.bfloat16 and _interpreting()):
-        return tl.float32
-    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
 
 
 def prefill_config(q: torch.Tensor) -> dict:
@@ -236,7 +227,7 @@ def prefill_config(q: torch.Tensor) -> dict:
 
 def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: torch.Tensor, q_pos: torch.Tensor,
            k_pos: torch.Tensor) -> None:
-    if not (q.is_cuda or _interpreting()):
+    if not (q.is_cuda or interpreting()):
         raise ValueError("the Triton attention needs CUDA tensors (or TRITON_INTERPRET=1); use attention_reference")
     T, Hq, D = q.shape
     S, Hkv, Dk = k.shape
@@ -262,7 +253,7 @@ def attention_prefill(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: 
     _prefill_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), Hq)](
         q, k, v, sinks, q_pos.contiguous(), k_pos.contiguous(), out, T, S, q.stride(0), q.stride(1), k.stride(0),
         k.stride(1), v.stride(0), v.stride(1), out.stride(0), sm_scale * LOG2E, window or 0,
-        GROUP=Hq // Hkv, HEAD_D=D, HAS_WINDOW=window is not None, SCAN=16, DOT_DTYPE=_dot_dtype(q.dtype), **cfg)
+        GROUP=Hq // Hkv, HEAD_D=D, HAS_WINDOW=window is not None, SCAN=16, DOT_DTYPE=dot_dtype(q.dtype), **cfg)
     return out
 
 
@@ -291,7 +282,7 @@ def attention_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sinks: t
         q, k, v, sinks, q_pos.contiguous(), k_pos.contiguous(), out, acc_ws, ml_ws, S, rows, keys_per_split,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0),
         sm_scale * LOG2E, window or 0, GROUP=group, HEAD_D=D, HAS_WINDOW=window is not None, BLOCK_R=block_r,
-        SPLIT=split, DOT_DTYPE=_dot_dtype(q.dtype), **cfg, **pdl.launch(q))
+        SPLIT=split, DOT_DTYPE=dot_dtype(q.dtype), **cfg, **pdl.launch(q))
     if split:
         _combine_kernel[(Hkv, rows)](acc_ws, ml_ws, sinks, out, n_split, out.stride(0), GROUP=group, HEAD_D=D,
                                      BLOCK_R=block_r, SPLIT_PAD=triton.next_power_of_2(n_split), **pdl.launch(q))

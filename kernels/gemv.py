@@ -8,14 +8,13 @@ bias and writes the output in one launch. Widening bf16 to fp32 is a shift (bf16
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from . import pdl
+from .interpret import interpreting
 
 # At or below this many rows of x the GEMV runs; above it, the caller's GEMM (cuBLAS).
 GEMV_MAX_TOKENS = 4
@@ -56,15 +55,12 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, N, K, stride_x, stride_y,
     tl.store(y_ptr + t * stride_y + rows, y.to(y_ptr.dtype.element_ty), mask=n_mask)
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
 
 def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x [T, K] @ w [N, K]^T (+ bias [N]) -> [T, N] in x's dtype: the GEMV for T <= GEMV_MAX_TOKENS on CUDA
     (or under the interpreter), else torch's GEMM. fp32 accumulation."""
     T, K = x.shape
-    if T > GEMV_MAX_TOKENS or not (x.is_cuda or _interpreting()) or w.device != x.device:
+    if T > GEMV_MAX_TOKENS or not (x.is_cuda or interpreting()) or w.device != x.device:
         return F.linear(x, w, bias)
     N = w.shape[0]
     if w.shape != (N, K) or (bias is not None and bias.shape != (N,)):

@@ -12,13 +12,12 @@ Prefill widens int8 to the activation dtype in registers and uses tl.dot.
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from . import pdl
+from .interpret import dot_dtype, interpreting
 
 # At or below this many rows of x the GEMV kernel runs; above it, the tiled GEMM.
 GEMV_MAX_TOKENS = 4
@@ -128,20 +127,11 @@ GEMV_SMALL_BYTES = 64 * 2**20
 GEMM_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
-    """tl.dot operand dtype; see kernels/moe.py: Triton's CPU interpreter cannot multiply bf16, so it gets fp32."""
-    if dtype == torch.float32 or (dtype == torch.bfloat16 and _interpreting()):
-        return tl.float32
-    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
 
 
 def linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """x [T, K] @ int8 q [N, K]^T * scale [N] (+ bias [N]) -> [T, N] in x's dtype, with the Triton kernels."""
-    if not (x.is_cuda or _interpreting()):
+    if not (x.is_cuda or interpreting()):
         raise ValueError("the Triton int8 linear needs CUDA tensors (or TRITON_INTERPRET=1); use the reference")
     T, K = x.shape
     N = q.shape[0]
@@ -162,5 +152,5 @@ def linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: tor
         cfg = GEMM_CONFIG
         _gemm_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]))](
             x, q, scale, b, y, T, N, K, x.stride(0), y.stride(0), HAS_BIAS=bias is not None,
-            DOT_DTYPE=_dot_dtype(x.dtype), **cfg)
+            DOT_DTYPE=dot_dtype(x.dtype), **cfg)
     return y

@@ -23,13 +23,13 @@ already multiplied), so every product is a normal fp32, and each 32-element grou
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
 import triton.language as tl
 
 from . import mxfp4, pdl
+from .interpret import dot_dtype, interpreting
 
 # At or below this many tokens the decode path (GEMVs over each token's k experts) runs; above it, grouped GEMMs.
 DECODE_MAX_TOKENS = 4
@@ -581,17 +581,6 @@ PREFILL_CONFIG = {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4
 PREFILL_CONFIG_FP32 = {"BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
-
-
-def _dot_dtype(dtype: torch.dtype) -> tl.dtype:
-    """The operand dtype of tl.dot: the activation dtype (fp32 dots run in full "ieee" precision). Triton's CPU
-    interpreter multiplies bf16 bit patterns as integers in tl.dot, so there bf16 operands are widened to fp32 first,
-    which gives the same exact products a bf16 MMA accumulates in fp32."""
-    if dtype == torch.float32 or (dtype == torch.bfloat16 and _interpreting()):
-        return tl.float32
-    return {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16}[dtype]
 
 
 def _words(blocks: torch.Tensor) -> torch.Tensor:
@@ -600,7 +589,7 @@ def _words(blocks: torch.Tensor) -> torch.Tensor:
 
 
 def _check(x: torch.Tensor, gate_up_blocks: torch.Tensor, down_blocks: torch.Tensor, top_k: int) -> None:
-    if not (x.is_cuda or _interpreting()):
+    if not (x.is_cuda or interpreting()):
         raise ValueError("the Triton MoE needs CUDA tensors (or TRITON_INTERPRET=1); use moe_reference on the CPU")
     E, _, G, nb = gate_up_blocks.shape
     if nb != _BYTES or G * _GROUP != x.shape[1] or down_blocks.shape[:2] != (E, x.shape[1]):
@@ -675,7 +664,7 @@ def gate_up_decode(x: torch.Tensor, routing: tuple[torch.Tensor, ...], blocks: t
     _gate_up_decode_kernel[(T, triton.cdiv(N2, cfg["BLOCK_N"]))](
         x, logits, x_exp, x2, ids, wts, _words(blocks), scales, bias, h, E, H, N2 // 2, x.stride(0), float(alpha),
         float(limit), _h_exp(limit), TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k),
-        E_PAD=triton.next_power_of_2(E), F16X2=f16x2, ASM=not _interpreting(), **cfg, **pdl.launch(x))
+        E_PAD=triton.next_power_of_2(E), F16X2=f16x2, ASM=not interpreting(), **cfg, **pdl.launch(x))
     return ids, wts, h
 
 
@@ -687,7 +676,7 @@ def down_decode(h: torch.Tensor, ids: torch.Tensor, wts: torch.Tensor, blocks: t
     cfg = DECODE_CONFIG["down"]
     _down_decode_kernel[(T, triton.cdiv(H, cfg["BLOCK_N"]))](
         h, ids, wts, _words(blocks), scales, bias, out, H, blocks.shape[2] * 32, _h_exp(limit), TOP_K=top_k,
-        K_PAD=triton.next_power_of_2(top_k), F16X2=f16x2, ASM=not _interpreting(), **cfg, **pdl.launch(h))
+        K_PAD=triton.next_power_of_2(top_k), F16X2=f16x2, ASM=not interpreting(), **cfg, **pdl.launch(h))
     return out
 
 
@@ -738,16 +727,16 @@ def moe_prefill(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch
     n_m = P // block_m + E
     # fp32 operands take 4x the shared memory and registers of bf16 ones: smaller tiles (a test/debug path).
     cfg = dict(PREFILL_CONFIG) if x.dtype != torch.float32 else dict(PREFILL_CONFIG_FP32)
-    dot_dtype = _dot_dtype(x.dtype)
+    operand = dot_dtype(x.dtype)
     e_pad = triton.next_power_of_2(E)
     h = torch.empty(P, I, dtype=x.dtype, device=x.device)
     _gate_up_grouped_kernel[(n_m, triton.cdiv(N2, cfg["BLOCK_N"]))](
         x, order, meta, gate_up_blocks, gate_up_scales, gate_up_bias, h, E, H, I, x.stride(0),
-        float(alpha), float(limit), TOP_K=top_k, E_PAD=e_pad, BLOCK_M=block_m, DOT_DTYPE=dot_dtype, **cfg)
+        float(alpha), float(limit), TOP_K=top_k, E_PAD=e_pad, BLOCK_M=block_m, DOT_DTYPE=operand, **cfg)
     y = torch.empty(P, H, dtype=torch.float32, device=x.device)
     _down_grouped_kernel[(n_m, triton.cdiv(H, cfg["BLOCK_N"]))](
         h, order, wts.flatten().contiguous(), meta, down_blocks, down_scales, down_bias, y, E, H, I,
-        E_PAD=e_pad, BLOCK_M=block_m, DOT_DTYPE=dot_dtype, **cfg)
+        E_PAD=e_pad, BLOCK_M=block_m, DOT_DTYPE=operand, **cfg)
     return y.view(T, top_k, H).sum(1).to(x.dtype)
 
 

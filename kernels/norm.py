@@ -8,13 +8,12 @@ each output instead of the half-dozen element-wise launches torch needs (it matt
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from . import pdl
+from .interpret import interpreting
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -49,7 +48,7 @@ def _rms_norm_kernel(x_ptr, delta_ptr, w_ptr, res_ptr, y_ptr, H, stride_x, strid
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
-    if not (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if not (x.is_cuda or interpreting()):
         raise ValueError("the Triton RMSNorm needs CUDA tensors (or TRITON_INTERPRET=1); use the reference")
     if x.dim() != 2 or weight.shape != (x.shape[1],) or x.stride(1) != 1:
         raise ValueError(f"RMSNorm wants x [T, H] (contiguous rows) and weight [H], got {tuple(x.shape)} and "

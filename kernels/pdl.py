@@ -14,11 +14,12 @@ edges. benchmarks/profile_decode.py checks on the GPU that decode logits with PD
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
 import triton.language as tl
+
+from .interpret import interpreting
 
 try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -33,7 +34,7 @@ def _capable(device_index: int) -> bool:
 
 def enabled(t: torch.Tensor) -> bool:
     """Whether kernels working on ``t`` launch with PDL: CUDA, compute capability 9.0+, not the CPU interpreter."""
-    return t.is_cuda and os.environ.get("TRITON_INTERPRET") != "1" and _capable(t.device.index or 0)
+    return t.is_cuda and not interpreting() and _capable(t.device.index or 0)
 
 
 def launch(t: torch.Tensor) -> dict:

@@ -9,13 +9,12 @@ computed in fp32 and rounded once (the reference rounds cos/sin to the activatio
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from . import pdl
+from .interpret import interpreting
 
 
 def rope_qkv_cache_reference(qkv: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, inv_freq: torch.Tensor,
@@ -76,7 +75,7 @@ def rope_qkv_cache(qkv: torch.Tensor, positions: torch.Tensor, slots: torch.Tens
                    concentration: float, k_cache: torch.Tensor, v_cache: torch.Tensor, k_pos: torch.Tensor,
                    n_q_heads: int) -> torch.Tensor:
     """The Triton version of :func:`rope_qkv_cache_reference` (one launch, no host synchronisation)."""
-    if not (qkv.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+    if not (qkv.is_cuda or interpreting()):
         raise ValueError("the Triton RoPE needs CUDA tensors (or TRITON_INTERPRET=1); use the reference")
     T = qkv.shape[0]
     Hkv, D = k_cache.shape[1], k_cache.shape[2]

@@ -114,7 +114,7 @@ def test_cpu_experts_beside_the_triton_kernels(tiny_model_dir: Path) -> None:
     """The fast path's MoE kernels (Triton's interpreter here, ~2 s a token) also add exactly 0 for a zeroed
     staged expert, and route on fp32 logits, as the CPU side does: the same logits as the all-resident reference
     to the fast path's own tolerance (tests/test_fast_path.py); a wrong expert or weight is O(1) off."""
-    pytest.importorskip("triton")
+    pytest.importorskip("triton", reason="the Triton kernels run beside the CPU experts here")
     ids = torch.randint(0, 1024, (11,), generator=torch.Generator().manual_seed(6)).tolist()
     resident = gptoss_cli.load(tiny_model_dir, device="cpu", dtype=torch.float32)
     want = [resident.prefill(ids[:9])] + [resident.step(t) for t in ids[9:]]
