@@ -79,7 +79,7 @@ class DecodeGraphs:
             self.token.copy_(sampler.pick(logits[0], self.u))
         return logits
 
-    def _capture(self, kv_len: int, sampler: Sampler | None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
+    def _capture(self, key: tuple, kv_len: int, sampler: Sampler | None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # The warm-up compiles and loads the kernels for these shapes, which capture cannot do. It runs on the
         # current stream, from blocks that stream has cached (a side stream would need fresh ones, which a card
         # sized by the plan may not have), and writes the same K/V the step will; it also samples into
@@ -90,7 +90,6 @@ class DecodeGraphs:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             out = self._body(kv_len, sampler)
-        key = (kv_len, sampler.params if sampler is not None else None)
         self.graphs[key] = (graph, out)
         return graph, out
 
@@ -113,6 +112,6 @@ class DecodeGraphs:
             out = self._body(kv_len, sampler)
         else:
             key = (kv_len, sampler.params if sampler is not None else None)
-            graph, out = self.graphs.get(key) or self._capture(kv_len, sampler)
+            graph, out = self.graphs.get(key) or self._capture(key, kv_len, sampler)
             graph.replay()
         return out if self.logits_inside else self.model.logits(out)

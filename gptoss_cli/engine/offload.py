@@ -278,19 +278,18 @@ class ExpertOffload:
             return F.linear(x, layer.router_w, layer.router_b)
         return F.linear(x.float(), layer.router_w.float(), layer.router_b.float())
 
-    def count_in_place(self, tokens: int) -> None:
-        """Account decode tokens whose offloaded layers read their routed experts in place (zero-copy): each of the
-        k experts of every offloaded layer crosses PCIe once per token. CUDA-graph steps are counted by the engine,
-        since nothing here runs while a graph replays."""
-        n = tokens * self.model.cfg.num_experts_per_tok * len(self.layers)
+    def count_in_place(self, tokens: int, layers: int | None = None) -> None:
+        """Account decode tokens whose offloaded layers (all by default) read their routed experts in place
+        (zero-copy): each of a layer's k experts crosses PCIe once per token. CUDA-graph steps are counted by the
+        engine, since nothing here runs while a graph replays."""
+        n = tokens * self.model.cfg.num_experts_per_tok * (len(self.layers) if layers is None else layers)
         self.stats.misses += n
         self.stats.bytes_from_host += n * self.expert_bytes
 
     def moe(self, x: torch.Tensor, layer: Layer, cfg: GptOssConfig, index: int, inner: Ops) -> torch.Tensor:
         self.stats.calls += 1
         if self.in_place and x.shape[0] <= self._decode_max_tokens and self.cpu_fraction == 0:
-            self.stats.misses += x.shape[0] * cfg.num_experts_per_tok
-            self.stats.bytes_from_host += x.shape[0] * cfg.num_experts_per_tok * self.expert_bytes
+            self.count_in_place(x.shape[0], layers=1)
             return inner.moe(x, layer, cfg)
         logits = self._router_logits(x, layer, inner)
         if x.shape[0] == 1 and (self.cpu_fraction is None or self.cpu_fraction > 0):
