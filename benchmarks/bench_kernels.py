@@ -353,7 +353,7 @@ def bench_int8(sweep: bool, budget: float) -> None:
                 c.clear()
                 c.update(saved)
         if sweep and time.time() - START < budget:
-            cfgs = int8_kernels.GEMV_CONFIG, int8_kernels.GEMV_CONFIG_SMALL
+            cfgs = int8_kernels.GEMV_CONFIG, int8_kernels.GEMV_CONFIG_SMALL, int8_kernels.GEMV_CONFIG_SMALL_EVEN
             base = [dict(c) for c in cfgs]
             for bn, bk, nw in ((32, 512, 8), (8, 1024, 4), (4, 1024, 4), (8, 512, 4), (4, 512, 2)):
                 for cfg in cfgs:

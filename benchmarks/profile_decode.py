@@ -80,11 +80,11 @@ def main() -> None:
     graphs.pos.fill_(position)
     reps = 8
     with torch.inference_mode():
-        graphs._body(kv_len)
+        graphs._body(kv_len, None)
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(reps):
-                graphs._body(kv_len)
+                graphs._body(kv_len, None)
             torch.cuda.synchronize()
     per_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for ev in prof.key_averages():

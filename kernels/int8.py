@@ -5,8 +5,8 @@ The kernels read int8 weights and activations in their own dtype, accumulate in 
 the bias once per output: ``y = (x @ q^T) * scale + bias``.
 
 Decode (a few rows of x) is a GEMV whose cost is the weight bytes. It reads the weights as int32 words and turns
-each byte into fp32 with a shift, an and-or into the mantissa of 2**23 and one subtraction (see ``_byte_to_f32``),
-cheaper than a conversion instruction.
+each byte into fp32 by placing it in the mantissa of 2**23 (one byte permute on a GPU) and one subtraction (see
+``_byte_to_f32``), cheaper than a conversion instruction.
 Prefill widens int8 to the activation dtype in registers and uses tl.dot.
 """
 
@@ -45,49 +45,71 @@ def linear_int8_reference(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
 
 
 @triton.jit
-def _byte_to_f32(words, SHIFT: tl.constexpr):
+def _byte_to_f32(words, SHIFT: tl.constexpr, ASM: tl.constexpr):
     """Byte at bits SHIFT..SHIFT+7 of sign-flipped words (int8 + 128, so 0..255) -> the int8 as fp32.
 
     The byte lands in the mantissa of 2**23 (bits 0x4B000000), which reads as 2**23 + 128 + int8 exactly; one
-    subtraction leaves the int8. No conversion instruction, and the offset never meets the accumulator.
+    subtraction leaves the int8. No conversion instruction, and the offset never meets the accumulator. On a GPU
+    one byte permute (``prmt``: byte SHIFT/8 of the word below the three upper bytes of 0x4B000000) places the
+    byte; the CPU interpreter, which runs no inline PTX, shifts and masks.
     """
-    if SHIFT == 24:
-        b = (words >> 24) & 0xFF
-    elif SHIFT == 0:
-        b = words & 0xFF
+    if ASM:
+        b = tl.inline_asm_elementwise(f"prmt.b32 $0, $1, 0x4B000000, {0x7650 + SHIFT // 8};", "=r,r", [words],
+                                      dtype=tl.int32, is_pure=True, pack=1)
     else:
-        b = (words >> SHIFT) & 0xFF
-    return (b | _TWO_POW_23_BITS).to(tl.float32, bitcast=True) - _OFFSET
+        if SHIFT == 24:
+            b = (words >> 24) & 0xFF
+        elif SHIFT == 0:
+            b = words & 0xFF
+        else:
+            b = (words >> SHIFT) & 0xFF
+        b = b | _TWO_POW_23_BITS
+    return b.to(tl.float32, bitcast=True) - _OFFSET
+
+
+@triton.jit
+def _x_quad(x_row, cols, KWT):
+    """x[4c + j] for the weight words c in ``cols``, as four fp32 vectors (j = 0..3). Four strided loads, each in
+    the layout its product wants: one load split four ways would cost a trip through shared memory per tile."""
+    m = cols < KWT
+    x0 = tl.load(x_row + cols * 4, mask=m, other=0.0).to(tl.float32)
+    x1 = tl.load(x_row + cols * 4 + 1, mask=m, other=0.0).to(tl.float32)
+    x2 = tl.load(x_row + cols * 4 + 2, mask=m, other=0.0).to(tl.float32)
+    x3 = tl.load(x_row + cols * 4 + 3, mask=m, other=0.0).to(tl.float32)
+    return x0, x1, x2, x3
 
 
 @triton.jit
 def _gemv_kernel(x_ptr, words_ptr, scale_ptr, bias_ptr, y_ptr, N, K, stride_x, stride_y,
-                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                 HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ASM: tl.constexpr,
+                 PDL: tl.constexpr):
     """One program: BLOCK_N outputs of one row of x. Weights are read as int32 words (4 int8 each, little endian:
-    byte i of word j is column 4j+i); partial sums stay per lane until after the K loop."""
-    pdl.wait(PDL)
+    byte i of word j is column 4j+i); partial sums stay per lane until after the K loop. As in the bf16 GEMV
+    (kernels/gemv.py) the program lets its dependents launch, requests its first weight tile and only then waits
+    for the previous kernel (weights are never written), and keeps the next tile in flight while it sums one."""
     KW: tl.constexpr = BLOCK_K // 4
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     t = tl.program_id(1)
     n_mask = rows < N
+    pdl.signal(PDL)
     KWT = K // 4
     row_ptr = words_ptr + rows.to(tl.int64)[:, None] * KWT
     offs_w = tl.arange(0, KW)
-    offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_N, KW], dtype=tl.float32)
+    w = tl.load(row_ptr + offs_w[None, :], mask=n_mask[:, None] & (offs_w < KWT)[None, :], other=0)
+    pdl.wait_only(PDL)
+    x0, x1, x2, x3 = _x_quad(x_ptr + t * stride_x, offs_w, KWT)
     for k0 in range(0, KWT, KW):
-        cols = k0 + offs_w
-        w = tl.load(row_ptr + cols[None, :], mask=n_mask[:, None] & (cols < KWT)[None, :], other=0)
+        cols = k0 + KW + offs_w
+        w_next = tl.load(row_ptr + cols[None, :], mask=n_mask[:, None] & (cols < KWT)[None, :], other=0)
+        x0_next, x1_next, x2_next, x3_next = _x_quad(x_ptr + t * stride_x, cols, KWT)
         w = w ^ _SIGN_FLIP  # int8 -> int8 + 128 in every byte
-        ks = k0 * 4 + offs_k
-        xv = tl.load(x_ptr + t * stride_x + ks, mask=ks < K, other=0.0).to(tl.float32)
-        x0, x1 = tl.split(tl.reshape(xv, [KW, 2, 2]))
-        x0, x2 = tl.split(x0)
-        x1, x3 = tl.split(x1)
-        acc += _byte_to_f32(w, 0) * x0[None, :]
-        acc += _byte_to_f32(w, 8) * x1[None, :]
-        acc += _byte_to_f32(w, 16) * x2[None, :]
-        acc += _byte_to_f32(w, 24) * x3[None, :]
+        acc += _byte_to_f32(w, 0, ASM) * x0[None, :]
+        acc += _byte_to_f32(w, 8, ASM) * x1[None, :]
+        acc += _byte_to_f32(w, 16, ASM) * x2[None, :]
+        acc += _byte_to_f32(w, 24, ASM) * x3[None, :]
+        w = w_next
+        x0, x1, x2, x3 = x0_next, x1_next, x2_next, x3_next
     y = tl.sum(acc, axis=1) * tl.load(scale_ptr + rows, mask=n_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
         y += tl.load(bias_ptr + rows, mask=n_mask, other=0.0).to(tl.float32)
@@ -123,6 +145,7 @@ def _gemm_kernel(x_ptr, q_ptr, scale_ptr, bias_ptr, y_ptr, T, N, K, stride_x, st
 # Launch shapes, chosen on an H200 (see .notes/kernels.md); the benchmark script overrides them to sweep.
 GEMV_CONFIG = {"BLOCK_N": 16, "BLOCK_K": 512, "num_warps": 4}  # large matrices (lm_head)
 GEMV_CONFIG_SMALL = {"BLOCK_N": 8, "BLOCK_K": 1024, "num_warps": 4}  # below GEMV_SMALL_BYTES: fewer, longer loads
+GEMV_CONFIG_SMALL_EVEN = {"BLOCK_N": 8, "BLOCK_K": 2048, "num_warps": 4}  # ... whose rows are multiples of 2048
 GEMV_SMALL_BYTES = 64 * 2**20
 GEMM_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 3}
 
@@ -144,10 +167,11 @@ def linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: tor
     y = torch.empty(T, N, dtype=x.dtype, device=x.device)
     b = bias if bias is not None else scale
     if T <= GEMV_MAX_TOKENS:
-        cfg = GEMV_CONFIG if N * K >= GEMV_SMALL_BYTES else GEMV_CONFIG_SMALL
+        cfg = (GEMV_CONFIG if N * K >= GEMV_SMALL_BYTES else
+               GEMV_CONFIG_SMALL_EVEN if K % GEMV_CONFIG_SMALL_EVEN["BLOCK_K"] == 0 else GEMV_CONFIG_SMALL)
         _gemv_kernel[(triton.cdiv(N, cfg["BLOCK_N"]), T)](x, q.view(torch.int32), scale, b, y, N, K, x.stride(0),
                                                           y.stride(0), HAS_BIAS=bias is not None, **cfg,
-                                                          **pdl.launch(x))
+                                                          ASM=not interpreting(), **pdl.launch(x))
     else:
         cfg = GEMM_CONFIG
         _gemm_kernel[(triton.cdiv(T, cfg["BLOCK_M"]), triton.cdiv(N, cfg["BLOCK_N"]))](

@@ -28,7 +28,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import mxfp4, pdl
+from . import mxfp4, norm, pdl
 from .interpret import dot_dtype, interpreting
 
 # At or below this many tokens the decode path (GEMVs over each token's k experts) runs; above it, grouped GEMMs.
@@ -354,20 +354,28 @@ def _router_logits_kernel(x_ptr, delta_ptr, norm_w_ptr, res_ptr, t_ptr, eps, w_p
 
     HAS_NORM: the residual add and the MoE's RMSNorm happen here too (as kernels/norm.py's add_rms_norm: residual
     rounded to the activation dtype, statistics in fp32, output rounded), and x is that norm's output: one launch
-    instead of two per layer. Every program normalises the row (2880 elements); program 0 stores it."""
-    pdl.wait(PDL)
+    instead of two per layer. Every program normalises the row (2880 elements); program 0 stores it.
+
+    The router weights, bias and norm weight are never written: they are requested before the wait for the previous
+    kernel (after letting the next one launch), so their latency hides behind that kernel's tail."""
     t = tl.program_id(0)
     es = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
     e_mask = es < E
     hs = tl.arange(0, BLOCK_H)
     h_mask = hs < H
+    pdl.signal(PDL)
+    w = tl.load(w_ptr + es[:, None] * H + hs[None, :], mask=e_mask[:, None] & h_mask[None, :], other=0.0)
+    b = tl.load(b_ptr + es, mask=e_mask, other=0.0)
+    if HAS_NORM:
+        norm_w = tl.load(norm_w_ptr + hs, mask=h_mask, other=0.0)
+    pdl.wait_only(PDL)
     if HAS_NORM:
         row = tl.load(x_ptr + t * stride_x + hs, mask=h_mask, other=0.0).to(tl.float32)
         row += tl.load(delta_ptr + t * H + hs, mask=h_mask, other=0.0).to(tl.float32)
         row = row.to(res_ptr.dtype.element_ty)
         rf = row.to(tl.float32)
         inv = 1.0 / tl.sqrt(tl.sum(rf * rf, axis=0) / H + eps)
-        normed = (rf * inv * tl.load(norm_w_ptr + hs, mask=h_mask, other=0.0).to(tl.float32))
+        normed = (rf * inv * norm_w.to(tl.float32))
         normed = normed.to(t_ptr.dtype.element_ty)
         if tl.program_id(1) == 0:
             tl.store(res_ptr + t * H + hs, row, mask=h_mask)
@@ -375,9 +383,8 @@ def _router_logits_kernel(x_ptr, delta_ptr, norm_w_ptr, res_ptr, t_ptr, eps, w_p
         xv = normed.to(tl.float32)
     else:
         xv = tl.load(x_ptr + t * stride_x + hs, mask=h_mask, other=0.0).to(tl.float32)
-    w = tl.load(w_ptr + es[:, None] * H + hs[None, :], mask=e_mask[:, None] & h_mask[None, :], other=0.0)
     logits = tl.sum(w.to(tl.float32) * xv[None, :], axis=1)
-    logits += tl.load(b_ptr + es, mask=e_mask, other=0.0).to(tl.float32)
+    logits += b.to(tl.float32)
     tl.store(logits_ptr + t * E + es, logits, mask=e_mask)
     if F16X2:
         if tl.program_id(1) == 0:
@@ -445,10 +452,16 @@ def _gate_up_decode_kernel(x_ptr, logits_ptr, x_exp_ptr, x2_ptr, ids_ptr, wts_pt
 
 @triton.jit
 def _down_decode_kernel(h_ptr, ids_ptr, wts_ptr, words_ptr, scl_ptr, bias_ptr, out_ptr, H, I, h_exp,
+                        x_ptr, norm_w_ptr, res_ptr, t_ptr, count_ptr, eps,
                         TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-                        F16X2: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr):
+                        F16X2: tl.constexpr, ASM: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK_H: tl.constexpr,
+                        PDL: tl.constexpr):
     """One program: BLOCK_N output columns of token t, summed over its TOP_K experts in registers (no atomics).
-    ``h_exp``: the fp16x2 GEMV's power of two for h, from the SwiGLU's bound (|h| <= limit * (limit + 1))."""
+    ``h_exp``: the fp16x2 GEMV's power of two for h, from the SwiGLU's bound (|h| <= limit * (limit + 1)).
+
+    HAS_NORM: the layer's residual add and the next RMSNorm follow in the same launch. Each program counts itself
+    done on token t's counter (release after a barrier over its stores, as a semaphore does); the last one adds
+    the whole output row to the residual x, normalises it (norm.add_rms_norm_row) and resets the counter."""
     pdl.wait(PDL)
     t = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -467,6 +480,13 @@ def _down_decode_kernel(h_ptr, ids_ptr, wts_ptr, words_ptr, scl_ptr, bias_ptr, o
     weights = tl.load(wts_ptr + t * TOP_K + offs_k, mask=k_mask, other=0.0)
     out = tl.sum((acc + bias.to(tl.float32)) * weights[:, None], axis=0)
     tl.store(out_ptr + t * H + rows, out.to(out_ptr.dtype.element_ty), mask=row_mask)
+    if HAS_NORM:
+        tl.debug_barrier()  # every thread's stores come before the release below
+        done = tl.atomic_add(count_ptr + t, 1, sem="acq_rel", scope="gpu")
+        if done == tl.num_programs(1) - 1:
+            norm.add_rms_norm_row(x_ptr + t * H, out_ptr + t * H, norm_w_ptr, res_ptr + t * H, t_ptr + t * H, H, eps,
+                                  BLOCK_H)
+            tl.store(count_ptr + t, 0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -583,6 +603,20 @@ PREFILL_CONFIG_FP32 = {"BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages
 
 
 
+# (x, norm weight, eps): the residual stream and the RMSNorm that end a layer after its MoE (down_decode).
+Residual = tuple[torch.Tensor, torch.Tensor, float]
+_COUNTERS: dict[torch.device, torch.Tensor] = {}
+
+
+def _counters(device: torch.device, tokens: int) -> torch.Tensor:
+    """Zeroed int32 counters, one per token, for the down kernel's last-program norm; each launch leaves them zero
+    again, so one buffer per device serves every layer (the kernels of a step run one after another)."""
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < tokens:
+        buf = _COUNTERS[device] = torch.zeros(max(tokens, 64), dtype=torch.int32, device=device)
+    return buf
+
+
 def _words(blocks: torch.Tensor) -> torch.Tensor:
     """The packed bytes viewed as int32 words (no copy): the GEMV kernels decode 8 codes per word."""
     return blocks.contiguous().view(torch.int32)
@@ -669,25 +703,41 @@ def gate_up_decode(x: torch.Tensor, routing: tuple[torch.Tensor, ...], blocks: t
 
 
 def down_decode(h: torch.Tensor, ids: torch.Tensor, wts: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor,
-                bias: torch.Tensor, top_k: int, limit: float, out: torch.Tensor) -> torch.Tensor:
-    """Decode step 3: down GEMV over the k experts, bias, routing weights, sum over k -> out [T, H]."""
+                bias: torch.Tensor, top_k: int, limit: float, out: torch.Tensor,
+                residual: Residual | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+    """Decode step 3: down GEMV over the k experts, bias, routing weights, sum over k -> out [T, H]. With
+    ``residual`` the same launch also ends the layer: -> (x + out, rms_norm(x + out)), as norm.add_rms_norm."""
     T, H = out.shape
     f16x2 = h.dtype == torch.int32
     cfg = DECODE_CONFIG["down"]
+    if residual is not None:
+        x, norm_w, eps = residual
+        if x.shape != out.shape or not x.is_contiguous() or norm_w.shape != (H,):
+            raise ValueError(f"residual {tuple(x.shape)} / norm weight {tuple(norm_w.shape)} do not fit the MoE "
+                             f"output {tuple(out.shape)}")
+        res, t = torch.empty_like(out), torch.empty_like(out)
+        count = _counters(out.device, T)
+    else:
+        x = norm_w = res = t = count = out
+        eps = 0.0
     _down_decode_kernel[(T, triton.cdiv(H, cfg["BLOCK_N"]))](
-        h, ids, wts, _words(blocks), scales, bias, out, H, blocks.shape[2] * 32, _h_exp(limit), TOP_K=top_k,
-        K_PAD=triton.next_power_of_2(top_k), F16X2=f16x2, ASM=not interpreting(), **cfg, **pdl.launch(h))
-    return out
+        h, ids, wts, _words(blocks), scales, bias, out, H, blocks.shape[2] * 32, _h_exp(limit),
+        x, norm_w, res, t, count, float(eps), TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k), F16X2=f16x2,
+        ASM=not interpreting(), HAS_NORM=residual is not None, BLOCK_H=triton.next_power_of_2(H), **cfg,
+        **pdl.launch(h))
+    return out if residual is None else (res, t)
 
 
 def experts_decode(x: torch.Tensor, routing: tuple[torch.Tensor, ...], gate_up_blocks: torch.Tensor,
                    gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor, down_blocks: torch.Tensor,
                    down_scales: torch.Tensor, down_bias: torch.Tensor, top_k: int, alpha: float = 1.702,
-                   limit: float = 7.0) -> torch.Tensor:
-    """Decode steps 2 and 3 on a routing from router_logits / add_rms_norm_route."""
+                   limit: float = 7.0,
+                   residual: Residual | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+    """Decode steps 2 and 3 on a routing from router_logits / add_rms_norm_route; ``residual`` as in down_decode."""
     _check(x, gate_up_blocks, down_blocks, top_k)
     ids, wts, h = gate_up_decode(x, routing, gate_up_blocks, gate_up_scales, gate_up_bias, top_k, alpha, limit)
-    return down_decode(h, ids, wts, down_blocks, down_scales, down_bias, top_k, limit, torch.empty_like(x))
+    return down_decode(h, ids, wts, down_blocks, down_scales, down_bias, top_k, limit, torch.empty_like(x),
+                       residual)
 
 
 def moe_decode(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor,

@@ -30,21 +30,39 @@ def add_rms_norm_reference(x: torch.Tensor, delta: torch.Tensor, weight: torch.T
 
 
 @triton.jit
+def add_rms_norm_row(x_row, delta_row, w_ptr, res_row, y_row, H, eps, BLOCK_H: tl.constexpr):
+    """One row, for kernels that end a layer with this norm: res = x + delta (rounded to res's dtype) and
+    y = rms_norm(res) * w. Rows are read past L1 (``.cg``): a caller may be the last program of a grid whose other
+    programs wrote delta."""
+    offs = tl.arange(0, BLOCK_H)
+    mask = offs < H
+    x = tl.load(x_row + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+    x += tl.load(delta_row + offs, mask=mask, other=0.0, cache_modifier=".cg").to(tl.float32)
+    x = x.to(res_row.dtype.element_ty)
+    tl.store(res_row + offs, x, mask=mask)
+    _rms_norm_store(x.to(tl.float32), w_ptr, y_row, H, eps, offs, mask)
+
+
+@triton.jit
+def _rms_norm_store(xf, w_ptr, y_row, H, eps, offs, mask):
+    inv = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / H + eps)
+    y = xf * inv * tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    tl.store(y_row + offs, y.to(y_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _rms_norm_kernel(x_ptr, delta_ptr, w_ptr, res_ptr, y_ptr, H, stride_x, stride_d, stride_r, stride_y, eps,
                      HAS_DELTA: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr):
     pdl.wait(PDL)
     row = tl.program_id(0)
-    offs = tl.arange(0, BLOCK_H)
-    mask = offs < H
-    x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
     if HAS_DELTA:
-        x = (x.to(tl.float32) + tl.load(delta_ptr + row * stride_d + offs, mask=mask, other=0.0).to(tl.float32))
-        x = x.to(res_ptr.dtype.element_ty)
-        tl.store(res_ptr + row * stride_r + offs, x, mask=mask)
-    xf = x.to(tl.float32)
-    inv = 1.0 / tl.sqrt(tl.sum(xf * xf, axis=0) / H + eps)
-    y = xf * inv * tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        add_rms_norm_row(x_ptr + row * stride_x, delta_ptr + row * stride_d, w_ptr, res_ptr + row * stride_r,
+                         y_ptr + row * stride_y, H, eps, BLOCK_H)
+    else:
+        offs = tl.arange(0, BLOCK_H)
+        mask = offs < H
+        x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
+        _rms_norm_store(x, w_ptr, y_ptr + row * stride_y, H, eps, offs, mask)
 
 
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:

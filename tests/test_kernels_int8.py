@@ -41,6 +41,23 @@ def test_linear_int8_matches_reference(T: int, N: int, K: int, bias: bool, dtype
     torch.testing.assert_close(out.float(), ref.float(), **tol)
 
 
+@pytest.mark.parametrize("K,large", [(1300, True), (2500, False), (4096, False)])
+def test_linear_int8_gemv_loops_over_long_rows(K: int, large: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows longer than one loop trip, for each launch shape the GEMV picks: the large-matrix shape (forced here
+    by a zero threshold; 512 bytes a trip, K = 1300 ends mid-tile), the small one (1024 bytes, a ragged last trip)
+    and the one for rows that are multiples of 2048 (two whole trips). A wrong prefetched tile or x slice is O(1)."""
+    if large:
+        monkeypatch.setattr(int8, "GEMV_SMALL_BYTES", 0)
+    gen = torch.Generator().manual_seed(K)
+    q, scale = int8.quantize_int8(torch.randn(20, K, generator=gen))
+    x = torch.randn(1, K, generator=gen).to(DEVICE)
+    b = torch.randn(20, generator=gen).to(DEVICE)
+    q, scale = q.to(DEVICE), scale.to(DEVICE)
+    ref = int8.linear_int8_reference(x, q, scale, b)
+    torch.testing.assert_close(int8.linear_int8(x, q, scale, b), ref, rtol=1e-5,
+                               atol=1e-5 * ref.abs().max().item())
+
+
 def test_linear_int8_rejects_k_not_divisible_by_four() -> None:
     q, scale = int8.quantize_int8(torch.randn(8, 6))
     with pytest.raises(ValueError, match="divisible by 4"):

@@ -170,3 +170,27 @@ def test_add_rms_norm_route_equals_add_rms_norm_then_router() -> None:
     torch.testing.assert_close(t, t_ref, rtol=0, atol=0)
     for got, want in zip(routing, moe_kernels.router_logits(t_ref, router_w, router_b)):
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_down_decode_with_residual_ends_the_layer_like_add_rms_norm(T: int) -> None:
+    """The down GEMV's last program adds the whole MoE output row to the residual and normalises it (the next
+    layer's RMSNorm): the same residual and normed rows as norm.add_rms_norm on the plain output, for every token;
+    calling it twice shows the per-token counters are left at zero (else the second call would skip the norm)."""
+    from gptoss_kernels import norm as norm_kernels
+
+    H, I, E, top_k = 96, 64, 4, 2
+    x, *args = _inputs(T, H, I, E, top_k, torch.bfloat16, seed=11)
+    gen = torch.Generator().manual_seed(12)
+    residual = torch.randn(T, H, generator=gen).bfloat16().to(DEVICE)
+    norm_w = (1 + 0.1 * torch.randn(H, generator=gen)).bfloat16().to(DEVICE)
+    routing = moe_kernels.router_logits(x, args[0], args[1])
+    ids, wts, h = moe_kernels.gate_up_decode(x, routing, args[2], args[3], args[4], top_k, 1.702, 7.0)
+    plain = moe_kernels.down_decode(h, ids, wts, args[5], args[6], args[7], top_k, 7.0, torch.empty_like(x))
+    want_res, want_t = norm_kernels.add_rms_norm(residual, plain, norm_w, 1e-5)
+    for _ in range(2):
+        res, t = moe_kernels.down_decode(h, ids, wts, args[5], args[6], args[7], top_k, 7.0, torch.empty_like(x),
+                                         residual=(residual, norm_w, 1e-5))
+        torch.testing.assert_close(res, want_res, rtol=0, atol=0)
+        torch.testing.assert_close(t, want_t, rtol=0, atol=0)
+    assert not moe_kernels._counters(x.device, T)[:T].any()

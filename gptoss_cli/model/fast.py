@@ -87,8 +87,8 @@ def fast_ops() -> Ops:
 def decode_step(model: GptOss, x: torch.Tensor, positions: torch.Tensor, cache: KVCache,
                 kv_len: int) -> torch.Tensor:
     """One decode token through every layer with fused kernels: RoPE + KV write in one launch, each residual add
-    fused with the next RMSNorm (and, before the MoE, with its router). Same math as ``GptOss.layers_forward``; no
-    host synchronisation."""
+    fused with the next RMSNorm (before the MoE with its router too; after it, inside the MoE's down GEMV). Same
+    math as ``GptOss.layers_forward``; no host synchronisation."""
     from gptoss_kernels import moe as moe_kernels
     from gptoss_kernels import norm as norm_kernels
     from gptoss_kernels import rope as rope_kernels
@@ -112,16 +112,16 @@ def decode_step(model: GptOss, x: torch.Tensor, positions: torch.Tensor, cache: 
         window = cfg.sliding_window if layer.sliding else None
         o = ops.attention(q, lc.k[:span], lc.v[:span], layer.sinks, positions, lc.pos[:span], model.sm_scale, window)
         attn_out = ops.linear(o, layer.o_w, layer.o_b)
-        if experts_reachable(layer.gate_up_blocks, x):  # residual add, MoE norm and router in one launch
+        after = layers[i + 1].attn_norm if i + 1 < len(layers) else model.norm
+        if experts_reachable(layer.gate_up_blocks, x):
+            # residual add, MoE norm and router in one launch; the next residual add and norm in the down GEMV's
             x, t, routing = moe_kernels.add_rms_norm_route(x, attn_out, layer.mlp_norm, eps, layer.router_w,
                                                            layer.router_b)
-            moe_out = moe_kernels.experts_decode(t, routing, layer.gate_up_blocks, layer.gate_up_scales,
-                                                 layer.gate_up_bias, layer.down_blocks, layer.down_scales,
-                                                 layer.down_bias, cfg.num_experts_per_tok, cfg.swiglu_alpha,
-                                                 cfg.swiglu_limit)
+            x, t = moe_kernels.experts_decode(t, routing, layer.gate_up_blocks, layer.gate_up_scales,
+                                              layer.gate_up_bias, layer.down_blocks, layer.down_scales,
+                                              layer.down_bias, cfg.num_experts_per_tok, cfg.swiglu_alpha,
+                                              cfg.swiglu_limit, residual=(x, after, eps))
         else:
             x, t = norm_kernels.add_rms_norm(x, attn_out, layer.mlp_norm, eps)
-            moe_out = ops.moe(t, layer, cfg)
-        after = layers[i + 1].attn_norm if i + 1 < len(layers) else model.norm
-        x, t = norm_kernels.add_rms_norm(x, moe_out, after, eps)
+            x, t = norm_kernels.add_rms_norm(x, ops.moe(t, layer, cfg), after, eps)
     return t
