@@ -27,9 +27,9 @@ def run_bench_command(model: str | None, random: str | None, prompts: str, depth
                       device: str, json_out: bool, models_dir: str | None, vram: str | None = None) -> None:
     import torch
 
-    from .errors import UsageError
     from .engine.bench import run_bench
     from .engine.generator import load, load_random, resolve_device
+    from .errors import UsageError
     from .model.config import official_config
 
     prompt_list, depth_list = _parse_list(prompts, "--prompt"), _parse_list(depths, "--depth")
@@ -63,6 +63,10 @@ def run_bench_command(model: str | None, random: str | None, prompts: str, depth
         del engine
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    if result.h2d_gb_s:  # this machine's rates, for the speed estimate of every later plan
+        from . import speeds
+
+        speeds.remember(result.device, gpu_copy_gb_s=result.bandwidth_gb_s, h2d_gb_s=result.h2d_gb_s)
     if json_out:
         json.dump(result.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -113,6 +117,8 @@ def render(result: BenchResult) -> Table:
         table.add_row(f"tg @ depth {depth}", f"{rate:,.1f}", note)
     table.caption = (f"load {result.load_seconds:.1f} s · peak GPU memory {result.peak_memory_bytes / 1e9:.2f} GB · "
                      f"copy bandwidth {result.bandwidth_gb_s:,.0f} GB/s")
+    if result.h2d_gb_s:
+        table.caption += f" · host→GPU {result.h2d_gb_s:,.1f} GB/s (remembered for `gptoss plan`)"
     if result.offload:
         o = result.offload
         table.caption += (f"\nexperts of {o['layers']} layers in RAM: per decode token "

@@ -8,9 +8,9 @@ When VRAM is tight the planner gives things up in this order, cheapest first:
   1. the token embedding moves to RAM (one row is read per token);
   2. attention and lm_head weights go to int8 with per-row scales (unless the user forbids it);
   3. a context the user did not ask for shrinks, but not below 32k tokens;
-  4. the experts of whole layers move to RAM and run on the CPU: the first layers first, as
-     llama.cpp's ``--n-cpu-moe N`` does, so the two can be compared side by side; any VRAM left
-     over then goes back to context;
+  4. the experts of whole layers move to RAM, where the GPU reads each token's routed experts across
+     PCIe: the first layers first, as llama.cpp's ``--n-cpu-moe N`` keeps them on the CPU, so the two
+     can be compared side by side; any VRAM left over then goes back to context;
   5. a context the user did not ask for shrinks below 32k, down to 4k;
   6. with every expert in RAM, lm_head moves to RAM too;
   7. the whole model runs on the CPU; failing that the plan is refused, with the options that work.
@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+from . import speeds
 from .errors import GptossError, ModelNotFoundError
 from .hardware import GiB, Gpu, Hardware
 from .model.config import GptOssConfig, official_config
@@ -64,12 +65,18 @@ class PlanError(GptossError):
 
 @dataclass(frozen=True)
 class Bandwidths:
-    """Inputs of the decode estimate, GB/s. ``gpu_gb_s=None`` looks the card up by name; measured
-    values (``gptoss bench``) are taken as they are."""
+    """Inputs of the decode estimate, GB/s. ``gpu_gb_s=None`` looks the card up by name; given values
+    are taken as they are. ``measured``: the date this machine measured them (speeds.py), "" if assumed."""
 
     gpu_gb_s: float | None = None
-    host_gb_s: float = 40.0   # experts computed on the CPU from RAM (llama.cpp, 16-core host: ~39)
-    pcie_gb_s: float = 25.0   # activations crossing between GPU and CPU
+    host_gb_s: float = 40.0   # weights the CPU reads from RAM (llama.cpp, 16-core host: ~39)
+    pcie_gb_s: float = 25.0   # pinned host -> GPU copies (PCIe 4.0 x16 in practice; 5.0 about twice)
+    measured: str = ""
+
+
+# Experts kept in RAM are read by the GPU's kernels in place, across PCIe, at this share of the copy rate
+# (H200 host, 2026-11-28: a whole offloaded decode token reached ~47 GB/s against 55.5 GB/s pinned copies).
+IN_PLACE_FRACTION = 0.85
 
 
 @dataclass(frozen=True)
@@ -385,10 +392,11 @@ def _decode_tok_s(mb: ModelBytes, lay: _Layout, gpu_gb_s: float, bw: Bandwidths)
     if lay.device == "cpu":
         return bw.host_gb_s * 1e9 / (dense + lm + in_ram_experts)
     gpu = dense + on_gpu_experts + (lm if lay.lm_head == "gpu" else 0)
-    host = in_ram_experts + (lm if lay.lm_head == "cpu" else 0)
-    crossings = n + (lay.lm_head == "cpu") + (lay.embedding == "cpu")
-    pcie = crossings * 2 * mb.hidden * 2  # the hidden state, there and back
-    seconds = gpu / (gpu_gb_s * 1e9) + host / (bw.host_gb_s * 1e9) + pcie / (bw.pcie_gb_s * 1e9)
+    host = lm if lay.lm_head == "cpu" else 0
+    crossings = (lay.lm_head == "cpu") + (lay.embedding == "cpu")
+    pcie = in_ram_experts + crossings * 2 * mb.hidden * 2  # routed experts read in place; hidden states
+    seconds = (gpu / (gpu_gb_s * 1e9) + host / (bw.host_gb_s * 1e9)
+               + pcie / (bw.pcie_gb_s * IN_PLACE_FRACTION * 1e9))
     return 1.0 / seconds
 
 
@@ -513,8 +521,15 @@ def _explain(mb: ModelBytes, s: _Search, wishes: Wishes) -> list[str]:
         what = "attention and lm_head weights" if lay.lm_head_precision == "int8" else "attention weights"
         notes.append(f"{what} in int8 (a bf16 scale per row) to fit VRAM; --no-quantize keeps bf16")
     if on_gpu and n:
-        notes.append(f"experts of layers 0-{n - 1} ({n} of {mb.layers}, {_gb(sum(mb.experts[:n]))}) in system "
-                     f"RAM, computed on the CPU (as llama.cpp --n-cpu-moe {n}); they bound decode speed")
+        per_token = sum(mb.experts[:n]) * mb.active_experts
+        bw = wishes.bandwidths
+        rate = (f"measured on this machine {bw.measured}" if bw.measured else
+                "assumed; `gptoss bench` measures this machine")
+        notes.append(f"experts of layers 0-{n - 1} ({n} of {mb.layers}, {_gb(sum(mb.experts[:n]))}) stay in "
+                     f"system RAM, as llama.cpp --n-cpu-moe {n} keeps them on the CPU; here the GPU reads each "
+                     f"token's {round(mb.active_experts * mb.num_experts)} routed experts of those layers across "
+                     f"PCIe ({per_token / 1e6:.0f} MB a token at ~{bw.pcie_gb_s * IN_PLACE_FRACTION:.0f} GB/s, "
+                     f"{rate}), which bounds decode speed")
     if on_gpu and lay.lm_head == "cpu":
         notes.append("lm_head in system RAM and computed on the CPU: the last step before running CPU-only")
     if wishes.context is not None:
@@ -648,11 +663,28 @@ def resolve_model(ref: str) -> tuple[str, GptOssConfig, dict[str, int], list[str
 
 
 def plan_for(model_ref: str, hardware: Hardware, wishes: Wishes = Wishes()) -> Plan:
-    """The plan for a model name or directory on ``hardware``: what every command should call."""
+    """The plan for a model name or directory on ``hardware``: what every command should call. Unless the
+    wishes give bandwidths, the ones this machine measured for its GPU (speeds.py) feed the estimate."""
     name, config, sizes, notes = resolve_model(model_ref)
+    if wishes.bandwidths == Bandwidths():
+        wishes = replace(wishes, bandwidths=remembered_bandwidths(hardware))
     plan = make_plan(config, sizes, hardware, wishes, model=name)
     if not plan.fits and name == "gpt-oss-120b":
         small = official_config("gpt-oss-20b")
         if make_plan(small, tensor_sizes(small), hardware, wishes).fits:
             plan = replace(plan, suggestions=(*plan.suggestions, "gpt-oss-20b, which fits this machine"))
     return replace(plan, notes=(*notes, *plan.notes)) if notes else plan
+
+
+def remembered_bandwidths(hardware: Hardware) -> Bandwidths:
+    """Bandwidths from what this machine measured for the GPU a plan would use (``gptoss bench``, or the first
+    load with experts in RAM); the defaults where nothing was measured. A measured copy rate is discounted by
+    GPU_EFFICIENCY as a datasheet one is: decode does not stream at copy speed."""
+    gpu, _ = _usable_gpu(hardware)
+    got = speeds.recall(gpu.name if gpu else None)
+    if got is None:
+        return Bandwidths()
+    default = Bandwidths()
+    return Bandwidths(gpu_gb_s=got.gpu_copy_gb_s * GPU_EFFICIENCY if got.gpu_copy_gb_s else None,
+                      host_gb_s=default.host_gb_s, pcie_gb_s=got.h2d_gb_s or default.pcie_gb_s,
+                      measured=got.date)

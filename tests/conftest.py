@@ -21,3 +21,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from gptoss_cli.model.random_weights import tiny_config_dict, write_checkpoint
 
     return write_checkpoint(tmp_path_factory.mktemp("tiny") / "model", tiny_config_dict(), seed=0, shards=3)
+
+
+@pytest.fixture(autouse=True)
+def _own_speeds_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measured bandwidths (gptoss_cli/speeds.py) go to a file of each test's own, never the user's cache: a
+    plan's estimate must not depend on what this machine measured before."""
+    monkeypatch.setenv("GPTOSS_SPEEDS", str(tmp_path / "speeds.json"))

@@ -248,20 +248,35 @@ def test_with_two_gpus_the_one_with_most_free_vram_is_used() -> None:
 # ---- the decode estimate ------------------------------------------------------------------------
 
 def test_decode_estimate_matches_the_measured_anchors() -> None:
-    """specs/performance.md: llama.cpp decodes 20b at ~187 tok/s on an RTX 4090 with everything on the
-    GPU, and ~31 tok/s with all experts on a 16-core host."""
+    """specs/performance.md: llama.cpp decodes 20b at ~187 tok/s on an RTX 4090 with everything on the GPU."""
     all_gpu = plan("gpt-oss-20b", 24, 32)
     assert 150 < all_gpu.est_decode_tok_s < 230
-    all_host = plan("gpt-oss-20b", 3.5, 32)
-    assert all_host.experts_on_gpu == ()
-    assert 22 < all_host.est_decode_tok_s < 40
+
+
+@pytest.mark.parametrize("model,vram_gb,offloaded,measured", [("gpt-oss-20b", 4, 23, 36.4),
+                                                              ("gpt-oss-20b", 8, 13, 60.6),
+                                                              ("gpt-oss-120b", 24, 24, 33.2)])
+def test_offloaded_decode_estimate_matches_what_the_engine_measured(model: str, vram_gb: int, offloaded: int,
+                                                                    measured: float) -> None:
+    """BENCHMARKS.md (H200 host, 2026-11-28, 4,096-token context): with experts in RAM the GPU reads each token's
+    routed experts across PCIe, measured 36.4 / 60.6 / 33.2 tok/s with 55.5 GB/s pinned copies and 4.1 TB/s
+    device copies. The estimate from those two rates lands within -10 % / +15 % of each (it leaves out kernel
+    time beyond streaming)."""
+    config, sizes = _model(model)
+    wishes = Wishes(context=4096, bandwidths=Bandwidths(gpu_gb_s=4100 * 0.7, pcie_gb_s=55.5))
+    p = make_plan(config, sizes, machine(vram_gb, 128, "NVIDIA H200", (9, 0)), wishes, model=model)
+    assert config.num_hidden_layers - len(p.experts_on_gpu) == offloaded
+    assert 0.9 * measured < p.est_decode_tok_s < 1.15 * measured
 
 
 def test_decode_estimate_uses_measured_bandwidths_when_given() -> None:
-    slow = plan("gpt-oss-20b", 8, 32, bandwidths=Bandwidths(gpu_gb_s=300, host_gb_s=20))
-    fast = plan("gpt-oss-20b", 8, 32, bandwidths=Bandwidths(gpu_gb_s=300, host_gb_s=80))
+    """With experts in RAM the host -> GPU rate bounds decode; without, it does not matter."""
+    slow = plan("gpt-oss-20b", 8, 32, bandwidths=Bandwidths(gpu_gb_s=300, pcie_gb_s=12))
+    fast = plan("gpt-oss-20b", 8, 32, bandwidths=Bandwidths(gpu_gb_s=300, pcie_gb_s=50))
     assert slow.experts_on_gpu == fast.experts_on_gpu
-    assert fast.est_decode_tok_s > 1.5 * slow.est_decode_tok_s
+    assert fast.est_decode_tok_s > 2.5 * slow.est_decode_tok_s
+    on_gpu = [plan("gpt-oss-20b", 24, 32, bandwidths=Bandwidths(gpu_gb_s=300, pcie_gb_s=r)) for r in (12, 50)]
+    assert on_gpu[0].est_decode_tok_s == on_gpu[1].est_decode_tok_s
 
 
 def test_an_unknown_gpu_gets_a_conservative_bandwidth_and_says_so() -> None:

@@ -1,8 +1,9 @@
 """``gptoss bench``: prefill and decode speed, TTFT, load time and memory, as llama-bench reports them.
 
 Decode is timed over whole greedy generations through the engine's own decode loop, after a warm-up; every figure
-is the median of ``repeats`` runs. The bandwidth floor counts the bytes one decode token must read (experts of the k routed experts, attention, router,
-norms, lm_head, and the KV cache at the given depth) over the device's measured copy bandwidth.
+is the median of ``repeats`` runs. The bandwidth floor counts the bytes one decode token must read (the k routed
+experts, attention, router, norms, lm_head, and the KV cache at the given depth) over the device's measured copy
+bandwidth. On CUDA the pinned host -> GPU rate is measured too (it bounds decode with experts in RAM).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import torch
 
 from ..model.config import GptOssConfig
 from .generator import Engine
-from .offload import ExpertOffload
+from .offload import ExpertOffload, measure_h2d
 from .sampling import Sampler, SamplingParams
 
 
@@ -32,6 +33,7 @@ class BenchResult:
     floor_tok_s: dict[int, float] = field(default_factory=dict)
     peak_memory_bytes: int = 0
     bandwidth_gb_s: float = 0.0
+    h2d_gb_s: float = 0.0  # pinned host -> GPU copies (0 on the CPU)
     repeats: int = 0
     # experts the plan keeps in RAM: per decode token, what crossed PCIe and what the CPU computed (None: no offload)
     offload: dict | None = None
@@ -102,6 +104,8 @@ def run_bench(engine: Engine, name: str, prompts: list[int], depths: list[int], 
                          path=getattr(engine, "path_name", "reference"), load_seconds=engine.load_seconds,
                          repeats=repeats)
     result.bandwidth_gb_s = measure_bandwidth(dev) / 1e9
+    if dev.type == "cuda":
+        result.h2d_gb_s = measure_h2d(dev) / 1e9
     if dev.type == "cuda":  # peak memory of the model's own work, not of the bandwidth probe or the load
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)

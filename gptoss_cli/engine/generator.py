@@ -20,7 +20,7 @@ from ..model.checkpoint import load_tensors
 from ..model.config import GptOssConfig
 from ..model.transformer import REFERENCE_OPS, GptOss, Ops
 from .graphs import DecodeGraphs, graphs_supported
-from .offload import ExpertOffload, with_offload
+from .offload import ExpertOffload, remember_h2d, with_offload
 from .sampling import Sampler, SamplingParams
 
 DEFAULT_STOP = (200002, 200012, 199999)  # <|return|>, <|call|>, <|endoftext|>
@@ -325,6 +325,8 @@ def choose_ops(device: torch.device, fast: bool | None) -> tuple[Ops, str | None
 def _finish(net: GptOss, cfg: GptOssConfig, dev: torch.device, context: int, chunk: int, graphs: bool | None,
             note: str | None, t0: float, cache_slots: int = 0, **kwargs: Any) -> Engine:
     offload = with_offload(net, cache_slots) if dev.type == "cuda" else None
+    if offload is not None:
+        remember_h2d(dev)  # the rate that bounds this decode, for the next plan's estimate
     cache = KVCache(cfg, context, dev, net.dtype)
     engine = Engine(model=net, config=cfg, cache=cache, prefill_chunk=chunk, offload=offload, **kwargs)
     if note:

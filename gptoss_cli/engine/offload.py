@@ -126,6 +126,23 @@ def measure_h2d(device: torch.device, nbytes: int = 64 << 20, repeats: int = 8) 
     return nbytes / statistics.median(times[1:])
 
 
+def remember_h2d(device: torch.device) -> None:
+    """Measure the pinned host -> GPU rate once per machine (64 MB, milliseconds) and keep it for the planner's
+    estimate (speeds.py); a later ``gptoss bench`` refreshes it. Skipped if the card has no room left for the
+    probe's buffer."""
+    from .. import speeds
+
+    name = torch.cuda.get_device_name(device)
+    known = speeds.recall(name)
+    if known is not None and known.h2d_gb_s is not None:
+        return
+    try:
+        rate = measure_h2d(device)
+    except torch.cuda.OutOfMemoryError:
+        return
+    speeds.remember(name, h2d_gb_s=rate / 1e9)
+
+
 _MEASURED: dict[tuple, OffloadCosts] = {}
 
 
