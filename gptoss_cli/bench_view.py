@@ -66,7 +66,9 @@ def run_bench_command(model: str | None, random: str | None, prompts: str, depth
     if result.h2d_gb_s:  # this machine's rates, for the speed estimate of every later plan
         from . import speeds
 
-        speeds.remember(result.device, gpu_copy_gb_s=result.bandwidth_gb_s, h2d_gb_s=result.h2d_gb_s)
+        # under a --vram cap the copy probe may have had to shrink (and read low): keep only the PCIe rate then
+        speeds.remember(result.device, gpu_copy_gb_s=result.bandwidth_gb_s if vram is None else None,
+                        h2d_gb_s=result.h2d_gb_s)
     if json_out:
         json.dump(result.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -16,8 +16,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import platformdirs
-
 SPEEDS_ENV = "GPTOSS_SPEEDS"
 
 
@@ -35,6 +33,8 @@ def path() -> Path:
     chosen = os.environ.get(SPEEDS_ENV)
     if chosen:
         return Path(chosen).expanduser()
+    import platformdirs  # here, not at import: the planner (which reads this) stays importable without it
+
     return platformdirs.user_cache_path("gptoss", appauthor=False) / "speeds.json"
 
 
