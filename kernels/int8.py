@@ -69,8 +69,8 @@ def _byte_to_f32(words, SHIFT: tl.constexpr, ASM: tl.constexpr):
 
 @triton.jit
 def _x_quad(x_row, cols, KWT):
-    """x[4c + j] for the weight words c in ``cols``, as four fp32 vectors (j = 0..3). Four strided loads, each in
-    the layout its product wants: one load split four ways would cost a trip through shared memory per tile."""
+    """x[4c + j] for the weight words c in ``cols``, as four fp32 vectors (j = 0..3): four strided loads of the
+    small, cached x row, which measured as fast as one load split four ways or faster (.notes/kernels.md)."""
     m = cols < KWT
     x0 = tl.load(x_row + cols * 4, mask=m, other=0.0).to(tl.float32)
     x1 = tl.load(x_row + cols * 4 + 1, mask=m, other=0.0).to(tl.float32)
