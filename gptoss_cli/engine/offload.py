@@ -128,8 +128,8 @@ def measure_h2d(device: torch.device, nbytes: int = 64 << 20, repeats: int = 8) 
 
 def remember_h2d(device: torch.device) -> None:
     """Measure the pinned host -> GPU rate once per machine (64 MB, milliseconds) and keep it for the planner's
-    estimate (speeds.py); a later ``gptoss bench`` refreshes it. Skipped if the card has no room left for the
-    probe's buffer."""
+    estimate (speeds.py); a later ``gptoss bench`` refreshes it. Best effort: skipped if the card has no room left
+    for the probe's buffer or the host will not pin it."""
     from .. import speeds
 
     name = torch.cuda.get_device_name(device)
@@ -138,7 +138,7 @@ def remember_h2d(device: torch.device) -> None:
         return
     try:
         rate = measure_h2d(device)
-    except torch.cuda.OutOfMemoryError:
+    except (torch.cuda.OutOfMemoryError, RuntimeError):
         return
     speeds.remember(name, h2d_gb_s=rate / 1e9)
 
