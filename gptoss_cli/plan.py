@@ -66,7 +66,8 @@ class PlanError(GptossError):
 @dataclass(frozen=True)
 class Bandwidths:
     """Inputs of the decode estimate, GB/s. ``gpu_gb_s=None`` looks the card up by name; given values
-    are taken as they are. ``measured``: the date this machine measured them (speeds.py), "" if assumed."""
+    are taken as they are. ``measured``: the date this machine measured ``pcie_gb_s`` (speeds.py), "" if
+    assumed."""
 
     gpu_gb_s: float | None = None
     host_gb_s: float = 40.0   # weights the CPU reads from RAM (llama.cpp, 16-core host: ~39)
@@ -687,4 +688,4 @@ def remembered_bandwidths(hardware: Hardware) -> Bandwidths:
     default = Bandwidths()
     return Bandwidths(gpu_gb_s=got.gpu_copy_gb_s * GPU_EFFICIENCY if got.gpu_copy_gb_s else None,
                       host_gb_s=default.host_gb_s, pcie_gb_s=got.h2d_gb_s or default.pcie_gb_s,
-                      measured=got.date)
+                      measured=got.date if got.h2d_gb_s else "")
