@@ -60,3 +60,28 @@ def test_bench_vram_cap_needs_a_cuda_device() -> None:
     out = subprocess.run([sys.executable, "-m", "gptoss_cli", "bench", "--random", "20b", "--vram", "8GB",
                           "--device", "cpu"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--vram needs a CUDA device" in out.stderr
+
+
+def test_bench_remembers_the_rates_it_measured_for_later_plans(tiny_model_dir: Path, monkeypatch,
+                                                                capsys) -> None:
+    """What a bench on a GPU measured (copy and host->GPU rates, here faked: the test runs on the CPU) is kept for
+    the GPU's name, where plan_for finds it; a CPU run (no host->GPU rate) keeps nothing."""
+    from gptoss_cli import speeds
+    from gptoss_cli.bench_view import run_bench_command
+    from gptoss_cli.engine import bench
+    from gptoss_cli.engine.bench import BenchResult
+
+    real = bench.run_bench
+    run_bench_command(str(tiny_model_dir), None, "16", "0", 2, 1, "cpu", True, None)
+    assert speeds.path().exists() is False
+
+    def on_a_gpu(*args, **kwargs) -> BenchResult:
+        result = real(*args, **kwargs)
+        result.device, result.bandwidth_gb_s, result.h2d_gb_s = "NVIDIA GeForce RTX 4070", 480.0, 24.5
+        return result
+
+    monkeypatch.setattr(bench, "run_bench", on_a_gpu)
+    run_bench_command(str(tiny_model_dir), None, "16", "0", 2, 1, "cpu", True, None)
+    got = speeds.recall("NVIDIA GeForce RTX 4070")
+    assert got is not None and (got.gpu_copy_gb_s, got.h2d_gb_s) == (480.0, 24.5)
+    assert '"h2d_gb_s": 24.5' in capsys.readouterr().out  # and --json shows it
