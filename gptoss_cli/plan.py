@@ -199,6 +199,10 @@ class ModelBytes:
     def kv_bytes(self, context: int) -> int:
         return self.kv_fixed + self.kv_per_token * context
 
+    def routed_bytes(self, layers: slice) -> float:
+        """Expert bytes one decode token reads in ``layers`` (its top-k experts of each)."""
+        return sum(self.experts[layers]) * self.active_experts
+
 
 _LAYER = re.compile(r"model\.layers\.(\d+)\.(.+)")
 _PROJ = re.compile(r"self_attn\.[qkvo]_proj\.weight")
@@ -388,8 +392,8 @@ def _decode_tok_s(mb: ModelBytes, lay: _Layout, gpu_gb_s: float, bw: Bandwidths)
     lm = mb.lm_head_int8 if lay.lm_head_precision == "int8" else mb.lm_head
     n = lay.offloaded
     dense = attn + sum(mb.router) + mb.other + mb.kv_bytes(min(lay.context, ESTIMATE_DEPTH))
-    on_gpu_experts = sum(mb.experts[n:]) * mb.active_experts
-    in_ram_experts = sum(mb.experts[:n]) * mb.active_experts
+    on_gpu_experts = mb.routed_bytes(slice(n, None))
+    in_ram_experts = mb.routed_bytes(slice(n))
     if lay.device == "cpu":
         return bw.host_gb_s * 1e9 / (dense + lm + in_ram_experts)
     gpu = dense + on_gpu_experts + (lm if lay.lm_head == "gpu" else 0)
@@ -522,7 +526,7 @@ def _explain(mb: ModelBytes, s: _Search, wishes: Wishes) -> list[str]:
         what = "attention and lm_head weights" if lay.lm_head_precision == "int8" else "attention weights"
         notes.append(f"{what} in int8 (a bf16 scale per row) to fit VRAM; --no-quantize keeps bf16")
     if on_gpu and n:
-        per_token = sum(mb.experts[:n]) * mb.active_experts
+        per_token = mb.routed_bytes(slice(n))
         bw = wishes.bandwidths
         rate = (f"measured on this machine {bw.measured}" if bw.measured else
                 "assumed; `gptoss bench` measures this machine")
@@ -685,7 +689,9 @@ def remembered_bandwidths(hardware: Hardware) -> Bandwidths:
     got = speeds.recall(gpu.name if gpu else None)
     if got is None:
         return Bandwidths()
-    default = Bandwidths()
-    return Bandwidths(gpu_gb_s=got.gpu_copy_gb_s * GPU_EFFICIENCY if got.gpu_copy_gb_s else None,
-                      host_gb_s=default.host_gb_s, pcie_gb_s=got.h2d_gb_s or default.pcie_gb_s,
-                      measured=got.date if got.h2d_gb_s else "")
+    bw = Bandwidths()
+    if got.gpu_copy_gb_s:
+        bw = replace(bw, gpu_gb_s=got.gpu_copy_gb_s * GPU_EFFICIENCY)
+    if got.h2d_gb_s:
+        bw = replace(bw, pcie_gb_s=got.h2d_gb_s, measured=got.date)
+    return bw

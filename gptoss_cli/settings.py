@@ -19,12 +19,17 @@ MODELS_ENV = "GPTOSS_MODELS"
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
+def cache_dir() -> Path:
+    """gptoss's user cache dir (platformdirs): the default home of the model store and of measured speeds."""
+    return platformdirs.user_cache_path("gptoss", appauthor=False)
+
+
 def models_dir(override: str | Path | None = None) -> Path:
     """The model store: the ``--models-dir`` flag, else ``$GPTOSS_MODELS``, else the user cache dir."""
     chosen = override or os.environ.get(MODELS_ENV)
     if chosen:
         return Path(chosen).expanduser().absolute()
-    return platformdirs.user_cache_path("gptoss", appauthor=False) / "models"
+    return cache_dir() / "models"
 
 
 def hf_endpoint() -> str:

@@ -33,9 +33,9 @@ def path() -> Path:
     chosen = os.environ.get(SPEEDS_ENV)
     if chosen:
         return Path(chosen).expanduser()
-    import platformdirs  # here, not at import: the planner (which reads this) stays importable without it
+    from .settings import cache_dir  # here, not at import: the planner stays importable without platformdirs
 
-    return platformdirs.user_cache_path("gptoss", appauthor=False) / "speeds.json"
+    return cache_dir() / "speeds.json"
 
 
 def _read() -> dict:

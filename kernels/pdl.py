@@ -5,9 +5,11 @@ drained: ~0.8 us of idle GPU per launch (174 us of a 1.83 ms token on an H200, b
 Launched with ``launch_pdl``, a kernel's programs are scheduled while its predecessor finishes; each program then
 waits (``griddepcontrol.wait``) until every prerequisite grid has completed and its writes are visible, before it
 reads or writes anything a predecessor touches, and signals its own dependents right away, so the chain keeps
-overlapping. The wait comes first in every kernel: a weight load issued before it (weights are never written) was
-measured to cost more than it saved (the bf16 decode step went 1702 -> 1828 us on an H200, the overlap lost, as if
-the wait held the dependents' signal until that load returned). CUDA graphs keep these launches as programmatic
+overlapping. A kernel that loads weights first must signal first (``signal``, the load, then ``wait_only``): the
+dense GEMVs (bf16 and int8) and the router kernel do, and their weight latency hides behind the previous kernel's
+tail. A load issued before a plain ``wait`` cost more than it saved (the bf16 decode step went 1702 -> 1828 us on an
+H200, as if the wait held the dependents' signal until that load returned), and the RoPE kernel measured slower
+signalling first, so the others wait first. CUDA graphs keep these launches as programmatic
 edges. benchmarks/profile_decode.py checks on the GPU that decode logits with PDL on and off are bit-identical.
 """
 

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import speeds
 from ..model import transformer
 from ..model.config import GptOssConfig
 from ..model.transformer import GptOss, Layer, Ops
@@ -130,8 +131,6 @@ def remember_h2d(device: torch.device) -> None:
     """Measure the pinned host -> GPU rate once per machine (64 MB, milliseconds) and keep it for the planner's
     estimate (speeds.py); a later ``gptoss bench`` refreshes it. Best effort: skipped if the card has no room left
     for the probe's buffer or the host will not pin it."""
-    from .. import speeds
-
     name = torch.cuda.get_device_name(device)
     known = speeds.recall(name)
     if known is not None and known.h2d_gb_s is not None:
