@@ -23,6 +23,7 @@ already multiplied), so every product is a normal fp32, and each 32-element grou
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import triton
@@ -152,7 +153,7 @@ def _weight_tile(blk_rows, scl_rows, tile_mask, g0, G, BLOCK_G: tl.constexpr):
 
 
 @triton.jit
-def _mxfp4_gemv(x_ptr, x_stride_k, words_ptr, scl_ptr, experts, k_mask, rows, row_mask, R, G,
+def _mxfp4_gemv(x_ptr, x_stride_k, words_ptr, scl_ptr, experts, k_mask, rows, row_mask, R, G, G_LOOP,
                 SHARED_X: tl.constexpr, X_PRESCALED: tl.constexpr,
                 K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
     """acc[j, n] = sum_k W_{experts[j]}[rows[n], k] * x_j[k], fp32 [K_PAD, BLOCK_N], for the k experts of one token.
@@ -160,6 +161,7 @@ def _mxfp4_gemv(x_ptr, x_stride_k, words_ptr, scl_ptr, experts, k_mask, rows, ro
     ``words_ptr`` is an [E, R, G*4] int32 view of the blocks (4 words per 32-element group, 8 codes per word, little
     endian: byte i of a word holds elements 2i and 2i+1), ``scl_ptr`` the [E, R, G] scales. x_j is the row
     ``x_ptr + j * x_stride_k`` (one shared row with SHARED_X), already multiplied by 2**100 with X_PRESCALED.
+    Only the first G_LOOP groups of each row are summed (G_LOOP < G: the rest of the row is another worker's).
 
     Tile [K_PAD experts, BLOCK_N rows, BLOCK_G*4 words]: all experts' bytes are in flight together, a thread owns
     whole groups (one 16-byte load) and reuses its slice of x across the rows and experts it holds, decodes each
@@ -175,12 +177,12 @@ def _mxfp4_gemv(x_ptr, x_stride_k, words_ptr, scl_ptr, experts, k_mask, rows, ro
     tile_mask = k_mask[:, None] & row_mask[None, :]
     # Software prefetch: the next tile is in flight while this one is decoded (the loads feed no tl.dot, so
     # Triton's pipeliner leaves them alone).
-    words, s = _weight_tile(blk_rows, scl_rows, tile_mask, 0, G, BLOCK_G)
-    xv = _row_slice(x_ptr, x_stride_k, k_mask, offs_x, G * 32, SHARED_X, K_PAD).to(tl.float32)
-    for g0 in range(0, G, BLOCK_G):
-        words_next, s_next = _weight_tile(blk_rows, scl_rows, tile_mask, g0 + BLOCK_G, G, BLOCK_G)
+    words, s = _weight_tile(blk_rows, scl_rows, tile_mask, 0, G_LOOP, BLOCK_G)
+    xv = _row_slice(x_ptr, x_stride_k, k_mask, offs_x, G_LOOP * 32, SHARED_X, K_PAD).to(tl.float32)
+    for g0 in range(0, G_LOOP, BLOCK_G):
+        words_next, s_next = _weight_tile(blk_rows, scl_rows, tile_mask, g0 + BLOCK_G, G_LOOP, BLOCK_G)
         # x is prefetched too: a load issued only where it is used puts an L2 round trip into every iteration.
-        xv_next = _row_slice(x_ptr, x_stride_k, k_mask, (g0 + BLOCK_G) * 32 + offs_x, G * 32, SHARED_X,
+        xv_next = _row_slice(x_ptr, x_stride_k, k_mask, (g0 + BLOCK_G) * 32 + offs_x, G_LOOP * 32, SHARED_X,
                              K_PAD).to(tl.float32)
         if not X_PRESCALED:
             xv = xv * _X_PRESCALE
@@ -291,7 +293,7 @@ def _pack_pairs(v):
 
 @triton.jit
 def _mxfp4_gemv_f16x2(x2_ptr, x2_stride_k, x_exp, words_ptr, scl_ptr, experts, k_mask, rows, row_mask, R, G,
-                      SHARED_X: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+                      G_LOOP, SHARED_X: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
                       ASM: tl.constexpr):
     """Same contract as ``_mxfp4_gemv``, decoded and multiplied as fp16 pairs. x comes packed by ``_pack_pairs``
     (4 int32 words per weight word), multiplied by ``2**x_exp`` before it was rounded to fp16."""
@@ -303,11 +305,12 @@ def _mxfp4_gemv_f16x2(x2_ptr, x2_stride_k, x_exp, words_ptr, scl_ptr, experts, k
     blk_rows = words_ptr + ((e64 * R)[:, None] + rows[None, :]) * (G * 4)
     scl_rows = scl_ptr + ((e64 * R)[:, None] + rows[None, :]) * G
     tile_mask = k_mask[:, None] & row_mask[None, :]
-    words, s = _weight_tile(blk_rows, scl_rows, tile_mask, 0, G, BLOCK_G)
-    xp = _row_slice(x2_ptr, x2_stride_k, k_mask, offs_p, G * 16, SHARED_X, K_PAD)
-    for g0 in range(0, G, BLOCK_G):
-        words_next, s_next = _weight_tile(blk_rows, scl_rows, tile_mask, g0 + BLOCK_G, G, BLOCK_G)
-        xp_next = _row_slice(x2_ptr, x2_stride_k, k_mask, (g0 + BLOCK_G) * 16 + offs_p, G * 16, SHARED_X, K_PAD)
+    words, s = _weight_tile(blk_rows, scl_rows, tile_mask, 0, G_LOOP, BLOCK_G)
+    xp = _row_slice(x2_ptr, x2_stride_k, k_mask, offs_p, G_LOOP * 16, SHARED_X, K_PAD)
+    for g0 in range(0, G_LOOP, BLOCK_G):
+        words_next, s_next = _weight_tile(blk_rows, scl_rows, tile_mask, g0 + BLOCK_G, G_LOOP, BLOCK_G)
+        xp_next = _row_slice(x2_ptr, x2_stride_k, k_mask, (g0 + BLOCK_G) * 16 + offs_p, G_LOOP * 16, SHARED_X,
+                             K_PAD)
         # x pair i of weight word j of each group: a{i}{j} [XK, BLOCK_G]; weight word j: q{j} [K_PAD, BLOCK_N, BLOCK_G]
         ev, od = tl.split(tl.reshape(xp, [xp.shape[0], W, 2, 2]))
         a0, a2 = tl.split(ev)
@@ -341,6 +344,24 @@ def _swiglu(gate, up, alpha, limit):
 # Decode: router logits; gate_up GEMV with top-k + SwiGLU; down GEMV with the weighted sum over k. Each GEMV
 # program covers all k experts of its token, so their weight bytes stream in together.
 # ---------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _top_k(logits_row, E, TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr):
+    """One token's routing from its fp32 logits: expert ids [K_PAD] by repeated argmax (descending; ties go to the
+    lower index) and the softmax over the k selected logits (0 past TOP_K)."""
+    offs_e = tl.arange(0, E_PAD)
+    offs_k = tl.arange(0, K_PAD)
+    vals = tl.load(logits_row + offs_e, mask=offs_e < E, other=float("-inf"))
+    top = tl.max(vals, axis=0)
+    experts = tl.zeros([K_PAD], dtype=tl.int32)
+    probs = tl.zeros([K_PAD], dtype=tl.float32)
+    for i in tl.static_range(TOP_K):
+        idx = tl.argmax(vals, axis=0)
+        experts = tl.where(offs_k == i, idx, experts)
+        probs = tl.where(offs_k == i, tl.exp(tl.max(vals, axis=0) - top), probs)
+        vals = tl.where(offs_e == idx, float("-inf"), vals)
+    return experts, probs / tl.sum(probs, axis=0)
 
 
 @triton.jit
@@ -398,42 +419,32 @@ def _router_logits_kernel(x_ptr, delta_ptr, norm_w_ptr, res_ptr, t_ptr, eps, w_p
 
 @triton.jit
 def _gate_up_decode_kernel(x_ptr, logits_ptr, x_exp_ptr, x2_ptr, ids_ptr, wts_ptr, words_ptr, scl_ptr, bias_ptr,
-                           h_ptr, E, H, I, stride_x, alpha, limit, h_exp,
+                           h_ptr, E, H, I, n_rows, stride_x, alpha, limit, h_exp,
                            TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr,
                            BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, F16X2: tl.constexpr, ASM: tl.constexpr,
                            PDL: tl.constexpr):
-    """One program: BLOCK_N interleaved gate_up rows of each of token t's TOP_K experts. h is rounded to the
-    activation dtype, then stored for the down GEMV: times 2**h_exp as fp16 pairs (F16X2; BLOCK_N a multiple of 16),
-    else times 2**100 (exact in bf16 and fp32), the prescale the fp32 GEMV wants."""
+    """One program: BLOCK_N interleaved gate_up rows (of the first ``n_rows``) of each of token t's TOP_K experts.
+    h is rounded to the activation dtype, then stored for the down GEMV: times 2**h_exp as fp16 pairs (F16X2;
+    BLOCK_N a multiple of 16), else times 2**100 (exact in bf16 and fp32), the prescale the fp32 GEMV wants."""
     pdl.wait(PDL)
     t = tl.program_id(0)
     pid_n = tl.program_id(1)
-    # Top-k by repeated argmax (ties go to the lower index), then the softmax over the k selected logits.
-    offs_e = tl.arange(0, E_PAD)
     offs_k = tl.arange(0, K_PAD)
     k_mask = offs_k < TOP_K
-    vals = tl.load(logits_ptr + t * E + offs_e, mask=offs_e < E, other=float("-inf"))
-    top = tl.max(vals, axis=0)
-    experts = tl.zeros([K_PAD], dtype=tl.int32)
-    probs = tl.zeros([K_PAD], dtype=tl.float32)
-    for i in tl.static_range(TOP_K):
-        idx = tl.argmax(vals, axis=0)
-        experts = tl.where(offs_k == i, idx, experts)
-        probs = tl.where(offs_k == i, tl.exp(tl.max(vals, axis=0) - top), probs)
-        vals = tl.where(offs_e == idx, float("-inf"), vals)
+    experts, weights = _top_k(logits_ptr + t * E, E, TOP_K, K_PAD, E_PAD)
     first = offs_k + pid_n * TOP_K < TOP_K  # the k selections, written once (by the programs with pid_n == 0)
     tl.store(ids_ptr + t * TOP_K + offs_k, experts, mask=first)
-    tl.store(wts_ptr + t * TOP_K + offs_k, probs / tl.sum(probs, axis=0), mask=first)
+    tl.store(wts_ptr + t * TOP_K + offs_k, weights, mask=first)
 
     N2 = 2 * I
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    row_mask = rows < N2
+    row_mask = rows < n_rows
     if F16X2:
         acc = _mxfp4_gemv_f16x2(x2_ptr + t * (H // 2), 0, tl.load(x_exp_ptr + t), words_ptr, scl_ptr, experts,
-                                k_mask, rows, row_mask, N2, H // 32, True, K_PAD, BLOCK_N, BLOCK_G, ASM)
+                                k_mask, rows, row_mask, N2, H // 32, H // 32, True, K_PAD, BLOCK_N, BLOCK_G, ASM)
     else:
         acc = _mxfp4_gemv(x_ptr + t * stride_x, 0, words_ptr, scl_ptr, experts, k_mask, rows, row_mask, N2,
-                          H // 32, True, False, K_PAD, BLOCK_N, BLOCK_G)
+                          H // 32, H // 32, True, False, K_PAD, BLOCK_N, BLOCK_G)
     bias = tl.load(bias_ptr + experts.to(tl.int64)[:, None] * N2 + rows[None, :],
                    mask=k_mask[:, None] & row_mask[None, :], other=0.0)
     gate, up = tl.split(tl.reshape(acc + bias.to(tl.float32), [K_PAD, BLOCK_N // 2, 2]))
@@ -451,13 +462,14 @@ def _gate_up_decode_kernel(x_ptr, logits_ptr, x_exp_ptr, x2_ptr, ids_ptr, wts_pt
 
 
 @triton.jit
-def _down_decode_kernel(h_ptr, ids_ptr, wts_ptr, words_ptr, scl_ptr, bias_ptr, out_ptr, H, I, h_exp,
+def _down_decode_kernel(h_ptr, ids_ptr, wts_ptr, words_ptr, scl_ptr, bias_ptr, out_ptr, H, I, g_loop, h_exp,
                         x_ptr, norm_w_ptr, res_ptr, t_ptr, count_ptr, eps,
                         TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
                         F16X2: tl.constexpr, ASM: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK_H: tl.constexpr,
                         PDL: tl.constexpr):
     """One program: BLOCK_N output columns of token t, summed over its TOP_K experts in registers (no atomics).
     ``h_exp``: the fp16x2 GEMV's power of two for h, from the SwiGLU's bound (|h| <= limit * (limit + 1)).
+    ``g_loop``: how many of the I/32 groups of h to sum (fewer when a CPU worker sums the rest).
 
     HAS_NORM: the layer's residual add and the next RMSNorm follow in the same launch. Each program counts itself
     done on token t's counter (release after a barrier over its stores, as a semaphore does); the last one adds
@@ -471,10 +483,10 @@ def _down_decode_kernel(h_ptr, ids_ptr, wts_ptr, words_ptr, scl_ptr, bias_ptr, o
     experts = tl.load(ids_ptr + t * TOP_K + offs_k, mask=k_mask, other=0)
     if F16X2:
         acc = _mxfp4_gemv_f16x2(h_ptr + t * TOP_K * (I // 2), I // 2, h_exp, words_ptr, scl_ptr, experts, k_mask,
-                                rows, row_mask, H, I // 32, False, K_PAD, BLOCK_N, BLOCK_G, ASM)
+                                rows, row_mask, H, I // 32, g_loop, False, K_PAD, BLOCK_N, BLOCK_G, ASM)
     else:
         acc = _mxfp4_gemv(h_ptr + t * TOP_K * I, I, words_ptr, scl_ptr, experts, k_mask, rows, row_mask, H, I // 32,
-                          False, True, K_PAD, BLOCK_N, BLOCK_G)
+                          g_loop, False, True, K_PAD, BLOCK_N, BLOCK_G)
     bias = tl.load(bias_ptr + experts.to(tl.int64)[:, None] * H + rows[None, :],
                    mask=k_mask[:, None] & row_mask[None, :], other=0.0)
     weights = tl.load(wts_ptr + t * TOP_K + offs_k, mask=k_mask, other=0.0)
@@ -487,6 +499,85 @@ def _down_decode_kernel(h_ptr, ids_ptr, wts_ptr, words_ptr, scl_ptr, bias_ptr, o
             norm.add_rms_norm_row(x_ptr + t * H, out_ptr + t * H, norm_w_ptr, res_ptr + t * H, t_ptr + t * H, H, eps,
                                   BLOCK_H)
             tl.store(count_ptr + t, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decode with a CPU share: a layer whose experts live in pinned host RAM hands the intermediate columns
+# [split, I) of its k routed experts to a CPU worker (engine/cpu_share.py) through pinned, device-visible buffers,
+# inside the same CUDA graph: the GPU publishes the token's routing and input, computes columns [0, split) reading
+# the experts in place over PCIe, then waits for the CPU's sum and ends the layer. The down projection is a sum over
+# the intermediate columns, so the two halves add up to the whole MoE output.
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _store_release(ptr, value, ASM: tl.constexpr):
+    """Make this program's earlier stores visible to the host, then store ``value`` (a flag the host polls). Every
+    thread fences its own stores before the barrier, so no thread's flag store can overtake another's data."""
+    if ASM:
+        tl.inline_asm_elementwise("fence.acq_rel.sys;\n\tmov.b32 $0, $1;", "=r,r", [value], dtype=tl.int32,
+                                  is_pure=False, pack=1)
+    tl.debug_barrier()
+    if ASM:
+        tl.inline_asm_elementwise("st.relaxed.sys.global.b32 [$1], $2;\n\tmov.b32 $0, 0;", "=r,l,r", [ptr, value],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+    else:
+        tl.store(ptr, value)
+
+
+@triton.jit
+def _load_acquire(ptr, ASM: tl.constexpr):
+    """A flag the host writes, read from memory every time; later loads see what the host stored before it."""
+    if ASM:
+        v = tl.inline_asm_elementwise("ld.acquire.sys.global.b32 $0, [$1];", "=r,l", [ptr], dtype=tl.int32,
+                                      is_pure=False, pack=1)
+    else:
+        v = tl.load(ptr, volatile=True)
+    return v
+
+
+@triton.jit
+def _publish_kernel(logits_ptr, t_ptr, seq_ptr, flag_ptr, ids_ptr, wts_ptr, xs_ptr, slot, E, H,
+                    TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_H: tl.constexpr,
+                    ASM: tl.constexpr, PDL: tl.constexpr):
+    """One program, one token: the routing (as the gate_up kernel computes it), the MoE input as fp32 even/odd
+    halves, then the request's sequence number into the host's flag."""
+    pdl.wait(PDL)
+    offs_k = tl.arange(0, K_PAD)
+    experts, weights = _top_k(logits_ptr, E, TOP_K, K_PAD, E_PAD)
+    tl.store(ids_ptr + slot * TOP_K + offs_k, experts, mask=offs_k < TOP_K)
+    tl.store(wts_ptr + slot * TOP_K + offs_k, weights, mask=offs_k < TOP_K)
+    half = tl.arange(0, BLOCK_H // 2)
+    m = half < H // 2
+    tl.store(xs_ptr + slot * H + half, tl.load(t_ptr + 2 * half, mask=m, other=0.0).to(tl.float32), mask=m)
+    tl.store(xs_ptr + slot * H + H // 2 + half, tl.load(t_ptr + 2 * half + 1, mask=m, other=0.0).to(tl.float32),
+             mask=m)
+    seq = tl.load(seq_ptr + slot) + 1
+    tl.store(seq_ptr + slot, seq)
+    _store_release(flag_ptr + slot, seq, ASM)
+
+
+@triton.jit
+def _combine_kernel(gpu_ptr, seq_ptr, done_ptr, outs_ptr, slot, delta_ptr, x_ptr, norm_w_ptr, res_ptr, t_ptr, H, eps,
+                    max_polls, BLOCK_H: tl.constexpr, ASM: tl.constexpr, PDL: tl.constexpr):
+    """One program: wait until the host has finished this request (at most ``max_polls`` reads of its flag; past
+    that the output is NaN, never silently wrong), add its fp32 sum to the GPU's, round, then the residual add and
+    the next RMSNorm, as the down kernel ends a layer."""
+    pdl.wait(PDL)
+    seq = tl.load(seq_ptr + slot)
+    polls = 0
+    done = _load_acquire(done_ptr + slot, ASM)
+    while (done != seq) & (polls < max_polls):
+        done = _load_acquire(done_ptr + slot, ASM)
+        polls += 1
+    offs = tl.arange(0, BLOCK_H)
+    mask = offs < H
+    y = tl.load(gpu_ptr + offs, mask=mask, other=0.0) + tl.load(outs_ptr + slot * H + offs, mask=mask, other=0.0,
+                                                                 volatile=True)
+    y = tl.where(done == seq, y, float("nan"))
+    tl.store(delta_ptr + offs, y.to(delta_ptr.dtype.element_ty), mask=mask)
+    tl.debug_barrier()
+    norm.add_rms_norm_row(x_ptr, delta_ptr, norm_w_ptr, res_ptr, t_ptr, H, eps, BLOCK_H)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -680,12 +771,14 @@ def _route(x: torch.Tensor, delta: torch.Tensor | None, norm_weight: torch.Tenso
 
 
 def gate_up_decode(x: torch.Tensor, routing: tuple[torch.Tensor, ...], blocks: torch.Tensor, scales: torch.Tensor,
-                   bias: torch.Tensor, top_k: int, alpha: float,
-                   limit: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                   bias: torch.Tensor, top_k: int, alpha: float, limit: float,
+                   columns: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Decode step 2: top-k + softmax, gate_up GEMV over the k experts, SwiGLU -> (ids, weights, h): h as fp16
-    pairs times 2**_h_exp(limit) [T*k, I/2] int32 for the fp16x2 GEMV, else times 2**100 in x's dtype [T*k, I]."""
+    pairs times 2**_h_exp(limit) [T*k, I/2] int32 for the fp16x2 GEMV, else times 2**100 in x's dtype [T*k, I].
+    ``columns``: compute only h[:, :columns] (a multiple of 32; the rest is left unwritten)."""
     T, H = x.shape
     E, N2 = blocks.shape[:2]
+    n_rows = N2 if columns is None else 2 * columns
     logits, x_exp, x2 = routing
     f16x2 = _f16x2(x.dtype)
     ids = torch.empty(T * top_k, dtype=torch.int32, device=x.device)
@@ -695,8 +788,9 @@ def gate_up_decode(x: torch.Tensor, routing: tuple[torch.Tensor, ...], blocks: t
     cfg = DECODE_CONFIG["gate_up"]
     if f16x2 and cfg["BLOCK_N"] % 16:
         raise ValueError(f"the fp16x2 gate_up GEMV packs 8 h columns per program at least: BLOCK_N {cfg['BLOCK_N']}")
-    _gate_up_decode_kernel[(T, triton.cdiv(N2, cfg["BLOCK_N"]))](
-        x, logits, x_exp, x2, ids, wts, _words(blocks), scales, bias, h, E, H, N2 // 2, x.stride(0), float(alpha),
+    _gate_up_decode_kernel[(T, triton.cdiv(n_rows, cfg["BLOCK_N"]))](
+        x, logits, x_exp, x2, ids, wts, _words(blocks), scales, bias, h, E, H, N2 // 2, n_rows, x.stride(0),
+        float(alpha),
         float(limit), _h_exp(limit), TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k),
         E_PAD=triton.next_power_of_2(E), F16X2=f16x2, ASM=not interpreting(), **cfg, **pdl.launch(x))
     return ids, wts, h
@@ -704,10 +798,13 @@ def gate_up_decode(x: torch.Tensor, routing: tuple[torch.Tensor, ...], blocks: t
 
 def down_decode(h: torch.Tensor, ids: torch.Tensor, wts: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor,
                 bias: torch.Tensor, top_k: int, limit: float, out: torch.Tensor,
-                residual: Residual | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+                residual: Residual | None = None,
+                columns: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
     """Decode step 3: down GEMV over the k experts, bias, routing weights, sum over k -> out [T, H]. With
-    ``residual`` the same launch also ends the layer: -> (x + out, rms_norm(x + out)), as norm.add_rms_norm."""
+    ``residual`` the same launch also ends the layer: -> (x + out, rms_norm(x + out)), as norm.add_rms_norm.
+    ``columns``: sum over h[:, :columns] only (a multiple of 32)."""
     T, H = out.shape
+    I = blocks.shape[2] * 32
     f16x2 = h.dtype == torch.int32
     cfg = DECODE_CONFIG["down"]
     if residual is not None:
@@ -721,7 +818,7 @@ def down_decode(h: torch.Tensor, ids: torch.Tensor, wts: torch.Tensor, blocks: t
         x = norm_w = res = t = count = out
         eps = 0.0
     _down_decode_kernel[(T, triton.cdiv(H, cfg["BLOCK_N"]))](
-        h, ids, wts, _words(blocks), scales, bias, out, H, blocks.shape[2] * 32, _h_exp(limit),
+        h, ids, wts, _words(blocks), scales, bias, out, H, I, (I if columns is None else columns) // 32, _h_exp(limit),
         x, norm_w, res, t, count, float(eps), TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k), F16X2=f16x2,
         ASM=not interpreting(), HAS_NORM=residual is not None, BLOCK_H=triton.next_power_of_2(H), **cfg,
         **pdl.launch(h))
@@ -738,6 +835,67 @@ def experts_decode(x: torch.Tensor, routing: tuple[torch.Tensor, ...], gate_up_b
     ids, wts, h = gate_up_decode(x, routing, gate_up_blocks, gate_up_scales, gate_up_bias, top_k, alpha, limit)
     return down_decode(h, ids, wts, down_blocks, down_scales, down_bias, top_k, limit, torch.empty_like(x),
                        residual)
+
+
+@dataclass
+class HostExchange:
+    """What the decode kernels and a CPU worker share, one slot per offloaded layer. The host-side buffers are
+    pinned (device-visible: the kernels read and write them over PCIe, inside a CUDA graph), each in its own
+    allocation; ``seq`` stays on the GPU. A request is complete when ``dones[slot] == flags[slot]``."""
+
+    flags: torch.Tensor  # int32 [S], host: the sequence number of the latest request (written by the GPU)
+    dones: torch.Tensor  # int32 [S], host: the sequence number the CPU finished last
+    ids: torch.Tensor  # int32 [S, k], host: routed experts, descending
+    wts: torch.Tensor  # fp32 [S, k], host: routing weights
+    xs: torch.Tensor  # fp32 [S, H], host: the MoE input, even elements then odd ones
+    outs: torch.Tensor  # fp32 [S, H], host: the CPU's weighted sum over columns [split, I)
+    seq: torch.Tensor  # int32 [S], GPU: requests issued so far
+    split: int  # the GPU computes intermediate columns [0, split), the CPU [split, I)
+    max_polls: int = 1 << 20  # how long the GPU waits for the CPU (~1-2 s over PCIe) before giving NaN
+
+    @classmethod
+    def allocate(cls, slots: int, top_k: int, hidden: int, split: int, device: torch.device) -> HostExchange:
+        pin = device.type == "cuda"
+
+        def host(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+            t = torch.zeros(*shape, dtype=dtype)
+            return t.pin_memory() if pin else t
+
+        return cls(flags=host(slots, dtype=torch.int32), dones=host(slots, dtype=torch.int32),
+                   ids=host(slots, top_k, dtype=torch.int32), wts=host(slots, top_k, dtype=torch.float32),
+                   xs=host(slots, hidden, dtype=torch.float32), outs=host(slots, hidden, dtype=torch.float32),
+                   seq=torch.zeros(slots, dtype=torch.int32, device=device), split=split)
+
+
+def experts_decode_shared(x: torch.Tensor, routing: tuple[torch.Tensor, ...], gate_up_blocks: torch.Tensor,
+                          gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor, down_blocks: torch.Tensor,
+                          down_scales: torch.Tensor, down_bias: torch.Tensor, top_k: int, alpha: float, limit: float,
+                          residual: Residual, exchange: HostExchange, slot: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``experts_decode`` for one token with ``residual``, the intermediate columns [split, I) computed by a CPU
+    worker serving ``exchange`` (which must be running: the GPU waits for it). -> (x + out, rms_norm(x + out))."""
+    _check(x, gate_up_blocks, down_blocks, top_k)
+    T, H = x.shape
+    I = down_blocks.shape[2] * 32
+    split = exchange.split
+    if T != 1 or not 0 < split < I or split % _GROUP:
+        raise ValueError(f"a CPU share takes one token and a split in 32..{I - 32} (multiple of 32), got {T} tokens, "
+                         f"split {split}")
+    res_in, norm_w, eps = residual
+    logits = routing[0]
+    E = gate_up_blocks.shape[0]
+    asm = not interpreting()
+    _publish_kernel[(1,)](logits, x, exchange.seq, exchange.flags, exchange.ids, exchange.wts, exchange.xs, slot,
+                          E, H, TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k), E_PAD=triton.next_power_of_2(E),
+                          BLOCK_H=triton.next_power_of_2(H), ASM=asm, **pdl.launch(x))
+    ids, wts, h = gate_up_decode(x, routing, gate_up_blocks, gate_up_scales, gate_up_bias, top_k, alpha, limit,
+                                 columns=split)
+    part = down_decode(h, ids, wts, down_blocks, down_scales, down_bias, top_k, limit,
+                       torch.empty(T, H, dtype=torch.float32, device=x.device), columns=split)
+    delta, res, t = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    _combine_kernel[(1,)](part, exchange.seq, exchange.dones, exchange.outs, slot, delta, res_in, norm_w, res, t, H,
+                          float(eps), exchange.max_polls, BLOCK_H=triton.next_power_of_2(H), ASM=asm,
+                          num_warps=8, **pdl.launch(x))
+    return res, t
 
 
 def moe_decode(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch.Tensor,
