@@ -127,4 +127,7 @@ def render(result: BenchResult) -> Table:
                           f"{o['pcie_bytes_per_token'] / 1e6:,.0f} MB over PCIe, "
                           f"{o['cpu_experts_per_token']:.1f} experts computed on the CPU, cache hit rate "
                           f"{o['hit_rate']:.0%}")
+        if o.get("cpu_share_split") is not None:
+            table.caption += (f"\nCPU share: {o['cpu_bytes_per_token'] / 1e6:,.0f} MB of experts a token read by "
+                              f"the CPU (columns from {o['cpu_share_split']} on)")
     return table

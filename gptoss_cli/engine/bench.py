@@ -131,7 +131,7 @@ def run_bench(engine: Engine, name: str, prompts: list[int], depths: list[int], 
         result.ttft_ms[n] = statistics.median(ttfts)
     off = engine.offload
     greedy = Sampler(SamplingParams(temperature=0))
-    moved = {"tokens": 0, "hits": 0, "misses": 0, "bytes_from_host": 0, "cpu_experts": 0}
+    moved = {"tokens": 0, "hits": 0, "misses": 0, "bytes_from_host": 0, "cpu_experts": 0, "cpu_bytes": 0}
     for depth in depths:
         runs = []
         for r in range(repeats):
@@ -161,10 +161,13 @@ def run_bench(engine: Engine, name: str, prompts: list[int], depths: list[int], 
 
 
 def offload_summary(off: ExpertOffload, moved: dict[str, int]) -> dict:
-    """Per decode token: PCIe bytes, CPU-computed experts, cache hit rate; plus the measured costs."""
+    """Per decode token: PCIe bytes, CPU-computed experts (the staging path) and expert bytes the CPU read (the
+    in-graph share), cache hit rate; plus the measured costs and the share's split."""
     n = max(moved["tokens"], 1)
     routed = moved["hits"] + moved["misses"]
     return {"layers": len(off.layers), "cache_slots": off.capacity,
             "pcie_bytes_per_token": moved["bytes_from_host"] / n, "cpu_experts_per_token": moved["cpu_experts"] / n,
+            "cpu_bytes_per_token": moved["cpu_bytes"] / n,
+            "cpu_share_split": off.share.exchange.split if off.share else None,
             "hit_rate": moved["hits"] / routed if routed else 0.0,
             "cpu_fraction": off.cpu_fraction, "costs": off.costs.to_dict() if off.costs else None}

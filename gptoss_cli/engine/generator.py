@@ -331,6 +331,8 @@ def _finish(net: GptOss, cfg: GptOssConfig, dev: torch.device, context: int, chu
     engine = Engine(model=net, config=cfg, cache=cache, prefill_chunk=chunk, offload=offload, **kwargs)
     if note:
         engine.notes.append(note)
+    if offload is not None:
+        engine.notes.extend(offload.notes)
     ok, why = graphs_supported(net)
     if graphs is not False and ok:
         engine.graphs = DecodeGraphs(net, cache)

@@ -13,20 +13,19 @@ the cache's GPU slots when they are there (a device copy), else from pinned RAM 
 least recently used out). The regular MoE kernels then run on the staging buffer, so offloaded layers compute
 exactly what resident ones do; a chunk streams each needed expert to the GPU once.
 
-Decode can instead compute some of the misses on the CPU, where their bytes already are (as llama.cpp
-and Fiddler do): a worker thread runs engine/cpu_experts.py on those experts while the main thread copies the
-other misses over PCIe and runs the GPU kernels, then the CPU's fp32 sum is added to the GPU's result. The GPU
-kernels still see all k routed experts, but a CPU-computed one is staged as zeros with zero biases, so it adds
-exactly 0 there. This is opt-in: ``GPTOSS_CPU_EXPERTS=auto`` lets ``OffloadCosts`` (PCIe and CPU expert bytes/s
-measured once per process, ``measure_costs``) pick the split that finishes both sides earliest, a fraction in
-[0, 1] forces a share, and ``cpu_fraction`` does the same from code. By default every miss crosses PCIe: on the
-H200 test host (16 Xeon cores, 18.5 GB/s of CPU expert throughput, 55.5 GB/s over PCIe) the cost model's split
-made decode slower in every case measured (20b at 4 GiB: 15.4 vs 29.8 tok/s; BENCHMARKS.md), because the CPU
-share of each layer took 1.3 ms per expert in place, twice the isolated rate, and the GPU waited on it.
+A CPU share (opt-in: ``GPTOSS_CPU_EXPERTS=auto`` lets ``OffloadCosts`` balance PCIe and CPU rates measured once
+per process, a fraction in [0, 1] forces one) lets the CPU work on the experts where their bytes already are.
+With in-place decode it stays inside the CUDA graph (engine/cpu_share.py): the GPU computes each routed expert's
+intermediate columns [0, split) over PCIe while a team of CPU threads computes [split, I), handed over through
+pinned flags. On the H200 host it measured 42.2 vs 36.1 tok/s (20b, 4 GiB) and 71.5 vs 60.1 (8 GiB) on one machine
+start, 40.5 vs 33.4 for 120b at 24 GiB, but other starts were erratic (a spin team needs its cores; another
+process on them stalls every layer), so it is off by default (BENCHMARKS.md). Without in-place decode (the torch
+reference path), a one-token call instead stages the misses the GPU takes and a worker thread computes the others
+with engine/cpu_experts.py while the main thread waits for it every layer (no CUDA graphs then); a CPU-computed
+expert is staged as zeros with zero biases, so it adds exactly 0 on the GPU.
 
 Not done here: the in-place decode does not consult the GPU cache (it serves prefill), so every routed expert of an
-offloaded layer crosses PCIe each token (a model whose routing repeats would gain from a cache there); a CPU share
-needs the host every layer, so it turns the CUDA graphs off.
+offloaded layer crosses PCIe each token (a model whose routing repeats would gain from a cache there).
 """
 
 from __future__ import annotations
@@ -34,9 +33,11 @@ from __future__ import annotations
 import os
 import statistics
 import time
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
@@ -46,7 +47,9 @@ from .. import speeds
 from ..model import transformer
 from ..model.config import GptOssConfig
 from ..model.transformer import GptOss, Layer, Ops
+from ..plan import IN_PLACE_FRACTION
 from . import cpu_experts
+from .cpu_share import CpuShare, split_for
 
 CPU_EXPERTS_ENV = "GPTOSS_CPU_EXPERTS"
 
@@ -60,6 +63,7 @@ class OffloadStats:
     cpu_experts: int = 0  # misses computed on the CPU (one-token decode calls only)
     cpu_seconds: float = 0.0  # time the CPU expert work took (it overlaps the PCIe copies and GPU kernels)
     cpu_wait_seconds: float = 0.0  # time the main thread then still waited for it (the CPU was the slower side)
+    cpu_bytes: int = 0  # packed expert bytes the CPU read (its share of in-place decode steps)
 
     @property
     def hit_rate(self) -> float:
@@ -100,6 +104,15 @@ class OffloadCosts:
             return max(cpu, pcie)
 
         return min(range(misses + 1), key=lambda n: (finish(n), n))
+
+    def share_fraction(self, layer_bytes: int) -> float:
+        """For in-place decode (engine/cpu_share.py): the share f of a layer's routed expert bytes for the CPU so
+        that both sides finish together, ``(1 - f) * B / in-place PCIe = f * B / cpu``. No call cost: the share's
+        team is already spinning (``cpu_call_s`` is a thread pool's start-up, which it does not pay)."""
+        if self.cpu_bytes_s <= 0 or self.pcie_bytes_s <= 0 or layer_bytes <= 0:
+            return 0.0
+        gpu_s = layer_bytes / (self.pcie_bytes_s * IN_PLACE_FRACTION)
+        return gpu_s / (gpu_s + layer_bytes / self.cpu_bytes_s)
 
     def to_dict(self) -> dict:
         return {"pcie_gb_s": self.pcie_bytes_s / 1e9, "cpu_gb_s": self.cpu_bytes_s / 1e9,
@@ -238,6 +251,8 @@ class ExpertOffload:
         # with_offload, which knows the ops)
         self.in_place = False
         self._decode_max_tokens = 0
+        self.share: CpuShare | None = None  # the CPU worker sharing in-place decode (with_offload starts it)
+        self.notes: list[str] = []  # what the user should know (a CPU share that could not start)
 
     @property
     def gpu_bytes(self) -> int:
@@ -300,11 +315,15 @@ class ExpertOffload:
         engine, since nothing here runs while a graph replays."""
         n = tokens * self.model.cfg.num_experts_per_tok * (len(self.layers) if layers is None else layers)
         self.stats.misses += n
-        self.stats.bytes_from_host += n * self.expert_bytes
+        gpu = self.expert_bytes if self.share is None else self.expert_bytes * self.share.exchange.split // (
+            self.model.cfg.intermediate_size)
+        self.stats.bytes_from_host += n * gpu
+        self.stats.cpu_bytes += n * (self.expert_bytes - gpu)
 
     def moe(self, x: torch.Tensor, layer: Layer, cfg: GptOssConfig, index: int, inner: Ops) -> torch.Tensor:
         self.stats.calls += 1
-        if self.in_place and x.shape[0] <= self._decode_max_tokens and self.cpu_fraction == 0:
+        if self.in_place and x.shape[0] <= self._decode_max_tokens and (self.cpu_fraction == 0
+                                                                        or self.share is not None):
             self.count_in_place(x.shape[0], layers=1)
             return inner.moe(x, layer, cfg)
         logits = self._router_logits(x, layer, inner)
@@ -364,6 +383,31 @@ class ExpertOffload:
         return (out.float() + torch.from_numpy(y).to(out.device)).to(x.dtype)
 
 
+    def start_share(self) -> None:
+        """Start the CPU worker for in-place decode (engine/cpu_share.py) with the configured share (a fraction,
+        or the measured costs' balance); on failure, a note says why and decode reads everything over PCIe."""
+        cfg = self.model.cfg
+        if self.cpu_fraction is not None:
+            fraction = self.cpu_fraction
+        else:
+            fraction = self.costs.share_fraction(cfg.num_experts_per_tok * self.expert_bytes) if self.costs else 0.0
+        split = split_for(fraction, cfg.intermediate_size)
+        if split >= cfg.intermediate_size:
+            return
+        try:
+            self.share = CpuShare.start(self.host, self.layers, split, cfg.num_experts_per_tok, self.model.dtype,
+                                        self.model.device, cfg.swiglu_alpha, cfg.swiglu_limit)
+        except (RuntimeError, ValueError, ImportError) as exc:
+            self.notes.append(f"CPU expert share off: {exc}")
+            return
+        weakref.finalize(self, self.share.close)
+
+    def close(self) -> None:
+        """Stop the CPU worker, if any (after the last decode step has finished)."""
+        if self.share is not None:
+            self.share.close()
+
+
 def with_offload(model: GptOss, cache_slots: int, layers: list[int] | None = None,
                  cpu_fraction: float | None = None, costs: OffloadCosts | None = None,
                  concurrent: bool | None = None) -> ExpertOffload | None:
@@ -390,7 +434,13 @@ def with_offload(model: GptOss, cache_slots: int, layers: list[int] | None = Non
             return offload.moe(x, layer, cfg, i, inner)
         return inner.moe(x, layer, cfg)
 
-    # decode stays graph-capturable when it reads experts in place and no CPU share needs the host each layer
-    graph_safe = inner.graph_safe and offload.in_place and offload.cpu_fraction == 0
-    model.ops = replace(inner, name=inner.name + " + expert offload", moe=moe, graph_safe=graph_safe)
+    if offload.in_place and offload.cpu_fraction != 0:
+        offload.start_share()
+    # decode stays graph-capturable when it reads experts in place and a CPU share, if any, is the in-graph one
+    graph_safe = inner.graph_safe and offload.in_place and (offload.cpu_fraction == 0 or offload.share is not None)
+    decode_step = inner.decode_step
+    if offload.share is not None:
+        decode_step = partial(decode_step, cpu_share=offload.share.slots())
+    model.ops = replace(inner, name=inner.name + " + expert offload", moe=moe, graph_safe=graph_safe,
+                        decode_step=decode_step)
     return offload

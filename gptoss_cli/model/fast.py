@@ -84,11 +84,14 @@ def fast_ops() -> Ops:
     return Ops("triton", linear, rms_norm, attention, moe, graph_safe=True, decode_step=decode_step)
 
 
-def decode_step(model: GptOss, x: torch.Tensor, positions: torch.Tensor, cache: KVCache,
-                kv_len: int) -> torch.Tensor:
+def decode_step(model: GptOss, x: torch.Tensor, positions: torch.Tensor, cache: KVCache, kv_len: int,
+                cpu_share: dict | None = None) -> torch.Tensor:
     """One decode token through every layer with fused kernels: RoPE + KV write in one launch, each residual add
     fused with the next RMSNorm (before the MoE with its router too; after it, inside the MoE's down GEMV). Same
-    math as ``GptOss.layers_forward``; no host synchronisation."""
+    math as ``GptOss.layers_forward``; no host synchronisation.
+
+    ``cpu_share``: layer index -> (HostExchange, slot) for offloaded layers whose experts a CPU worker shares
+    (engine/cpu_share.py); one-token steps of those layers go through ``experts_decode_shared``."""
     from gptoss_kernels import moe as moe_kernels
     from gptoss_kernels import norm as norm_kernels
     from gptoss_kernels import rope as rope_kernels
@@ -117,10 +120,18 @@ def decode_step(model: GptOss, x: torch.Tensor, positions: torch.Tensor, cache: 
             # residual add, MoE norm and router in one launch; the next residual add and norm in the down GEMV's
             x, t, routing = moe_kernels.add_rms_norm_route(x, attn_out, layer.mlp_norm, eps, layer.router_w,
                                                            layer.router_b)
-            x, t = moe_kernels.experts_decode(t, routing, layer.gate_up_blocks, layer.gate_up_scales,
-                                              layer.gate_up_bias, layer.down_blocks, layer.down_scales,
-                                              layer.down_bias, cfg.num_experts_per_tok, cfg.swiglu_alpha,
-                                              cfg.swiglu_limit, residual=(x, after, eps))
+            shared = cpu_share.get(i) if cpu_share and x.shape[0] == 1 else None
+            if shared is not None:
+                x, t = moe_kernels.experts_decode_shared(t, routing, layer.gate_up_blocks, layer.gate_up_scales,
+                                                         layer.gate_up_bias, layer.down_blocks, layer.down_scales,
+                                                         layer.down_bias, cfg.num_experts_per_tok,
+                                                         cfg.swiglu_alpha, cfg.swiglu_limit, (x, after, eps),
+                                                         *shared)
+            else:
+                x, t = moe_kernels.experts_decode(t, routing, layer.gate_up_blocks, layer.gate_up_scales,
+                                                  layer.gate_up_bias, layer.down_blocks, layer.down_scales,
+                                                  layer.down_bias, cfg.num_experts_per_tok, cfg.swiglu_alpha,
+                                                  cfg.swiglu_limit, residual=(x, after, eps))
         else:
             x, t = norm_kernels.add_rms_norm(x, attn_out, layer.mlp_norm, eps)
             x, t = norm_kernels.add_rms_norm(x, ops.moe(t, layer, cfg), after, eps)

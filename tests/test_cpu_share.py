@@ -1,0 +1,173 @@
+"""The in-graph CPU share of offloaded decode (engine/cpu_share.py + kernels/moe.py experts_decode_shared).
+
+On a machine without CUDA the kernels run under Triton's interpreter against a real worker thread: the "GPU" side
+(publish, its columns, the wait, the combine) and the numba worker talk through the same buffers and flags as on a
+GPU, so the hand-off itself is exercised, not only the math.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton", reason="the kernels are Triton programs")
+pytest.importorskip("numba", reason="the CPU share is a numba kernel")
+
+from gptoss_kernels import moe as moe_kernels  # noqa: E402
+from gptoss_kernels.moe import HostExchange  # noqa: E402
+
+from gptoss_cli.engine import cpu_experts  # noqa: E402
+from gptoss_cli.engine.cpu_share import CpuShare, split_for  # noqa: E402
+from gptoss_cli.engine.offload import OffloadCosts  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _layer(H: int, I: int, E: int, dtype: torch.dtype, seed: int) -> tuple:
+    """One MoE layer's inputs (x, router, packed experts) with router logits at least 1e-3 apart around the k-th."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, H, generator=gen).to(dtype)
+    router_w = (torch.randn(E, H, generator=gen) / H**0.5).to(dtype)
+    router_b = torch.randn(E, generator=gen).to(dtype)
+    gate_up_blocks = torch.randint(0, 256, (E, 2 * I, H // 32, 16), dtype=torch.uint8, generator=gen)
+    gate_up_scales = torch.randint(118, 126, (E, 2 * I, H // 32), dtype=torch.uint8, generator=gen)
+    gate_up_bias = (8 * torch.randn(E, 2 * I, generator=gen)).to(dtype)
+    down_blocks = torch.randint(0, 256, (E, H, I // 32, 16), dtype=torch.uint8, generator=gen)
+    down_scales = torch.randint(116, 124, (E, H, I // 32), dtype=torch.uint8, generator=gen)
+    down_bias = torch.randn(E, H, generator=gen).to(dtype)
+    residual = torch.randn(1, H, generator=gen).to(dtype)
+    norm_w = (1 + 0.1 * torch.randn(H, generator=gen)).to(dtype)
+    return x, router_w, router_b, (gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_scales,
+                                   down_bias), residual, norm_w
+
+
+def _host(experts: tuple) -> cpu_experts.HostExperts:
+    return cpu_experts.HostExperts.from_tensors(*experts)
+
+
+@pytest.mark.parametrize("H,I,E,top_k,split,dtype,team", [(64, 96, 5, 2, 32, torch.float32, 3),
+                                                          (96, 64, 4, 4, 32, torch.bfloat16, 2),
+                                                          (64, 128, 8, 3, 96, torch.bfloat16, 1)])
+def test_shared_decode_ends_the_layer_like_the_gpu_alone(H: int, I: int, E: int, top_k: int, split: int,
+                                                         dtype: torch.dtype, team: int) -> None:
+    """GPU columns [0, split) + the workers' [split, I) give the residual and normed rows that the all-GPU decode
+    (experts_decode with residual) gives, layer after layer and token after token (two requests per slot), whatever
+    the team size (3 threads split 32 rows and 2 * 32 columns unevenly)."""
+    layers = [_layer(H, I, E, dtype, seed=10 * s + top_k) for s in range(2)]
+    share = CpuShare.start({s: _host(layer[3]) for s, layer in enumerate(layers)}, [0, 1], split, top_k, dtype,
+                           DEVICE, 1.702, 7.0, threads=team)
+    try:
+        for step in range(2):
+            for slot, (x, router_w, router_b, experts, residual, norm_w) in enumerate(layers):
+                x = (x * (1 + step)).to(DEVICE)  # a new token's input
+                experts = tuple(t.to(DEVICE) for t in experts)
+                args = (residual.to(DEVICE), norm_w.to(DEVICE), 1e-5)
+                routing = moe_kernels.router_logits(x, router_w.to(DEVICE), router_b.to(DEVICE))
+                want_res, want_t = moe_kernels.experts_decode(x, routing, *experts, top_k, residual=args)
+                res, t = moe_kernels.experts_decode_shared(x, routing, *experts, top_k, 1.702, 7.0, args,
+                                                           share.exchange, slot)
+                scale = want_res.float().abs().max().item()
+                tol = dict(rtol=1e-4, atol=1e-4 * scale) if dtype == torch.float32 else dict(rtol=2**-6,
+                                                                                           atol=2**-5 * scale)
+                torch.testing.assert_close(res.float(), want_res.float(), **tol)
+                torch.testing.assert_close(t.float(), want_t.float(), **tol)
+        assert share.exchange.flags.tolist() == share.exchange.dones.tolist() == [2, 2]
+    finally:
+        share.close()
+    assert not share.alive and share.error is None
+
+
+def test_a_worker_that_does_not_answer_gives_nan_not_a_hang() -> None:
+    """No worker serves the exchange: the combine kernel gives up after max_polls and the layer's output is NaN."""
+    H, I, E, top_k = 64, 64, 4, 2
+    x, router_w, router_b, experts, residual, norm_w = _layer(H, I, E, torch.float32, seed=3)
+    exchange = HostExchange.allocate(1, top_k, H, 32, DEVICE)
+    exchange.max_polls = 10
+    routing = moe_kernels.router_logits(x.to(DEVICE), router_w.to(DEVICE), router_b.to(DEVICE))
+    res, t = moe_kernels.experts_decode_shared(x.to(DEVICE), routing, *(e.to(DEVICE) for e in experts), top_k,
+                                               1.702, 7.0, (residual.to(DEVICE), norm_w.to(DEVICE), 1e-5),
+                                               exchange, 0)
+    assert torch.isnan(res).all() and torch.isnan(t).all()
+    assert exchange.flags.tolist() == [1] and exchange.dones.tolist() == [0]
+
+
+def test_shared_decode_rejects_what_it_cannot_split() -> None:
+    H, I, E, top_k = 64, 64, 4, 2
+    x, router_w, router_b, experts, residual, norm_w = (
+        t.to(DEVICE) if isinstance(t, torch.Tensor) else tuple(e.to(DEVICE) for e in t)
+        for t in _layer(H, I, E, torch.float32, seed=4))
+    routing = moe_kernels.router_logits(x, router_w, router_b)
+    for split in (0, 48, 64):
+        with pytest.raises(ValueError, match="split"):
+            moe_kernels.experts_decode_shared(x, routing, *experts, top_k, 1.702, 7.0, (residual, norm_w, 1e-5),
+                                              HostExchange.allocate(1, top_k, H, split, DEVICE), 0)
+
+
+def test_split_for_rounds_to_whole_groups_and_leaves_both_sides_work() -> None:
+    assert split_for(0.0, 2880) == 2880  # no share
+    assert split_for(0.004, 2880) == 2880  # under half a group
+    assert split_for(0.25, 2880) == 2880 - 32 * 22  # 22.5 groups of 90 -> 22 (round half to even)
+    assert split_for(0.5, 2880) == 1440
+    assert split_for(1.0, 2880) == 32  # the GPU keeps one group
+    assert split_for(0.9, 64) == 32
+
+
+def test_share_fraction_balances_pcie_and_cpu() -> None:
+    """In-place PCIe runs at 85 % of the copy rate: a CPU as fast as that takes half, one a third as fast a quarter
+    (both sides then finish together), one that cannot keep up almost nothing."""
+    assert OffloadCosts(pcie_bytes_s=50e9, cpu_bytes_s=50e9 * 0.85).share_fraction(52_000_000) == pytest.approx(0.5)
+    assert OffloadCosts(pcie_bytes_s=50e9, cpu_bytes_s=50e9 * 0.85 / 3).share_fraction(52_000_000) == \
+        pytest.approx(0.25)
+    assert OffloadCosts(pcie_bytes_s=50e9, cpu_bytes_s=1e6).share_fraction(52_000_000) < 1e-3
+    assert OffloadCosts(pcie_bytes_s=50e9, cpu_bytes_s=0.0).share_fraction(52_000_000) == 0.0
+
+
+def test_an_idle_worker_sleeps_and_still_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past its hot scans the worker sleeps between polls (no core burnt while a chat waits for the user), and the
+    next request is still served."""
+    from gptoss_cli.engine import cpu_share
+
+    monkeypatch.setattr(cpu_share, "HOT_SCANS", 10)
+    H, I, E, top_k = 64, 64, 4, 2
+    x, router_w, router_b, experts, residual, norm_w = _layer(H, I, E, torch.float32, seed=5)
+    share = CpuShare.start({0: _host(experts)}, [0], 32, top_k, torch.float32, DEVICE, 1.702, 7.0, threads=1)
+    try:
+        import time
+
+        time.sleep(0.05)  # thousands of empty scans: the worker is sleeping between polls by now
+        routing = moe_kernels.router_logits(x.to(DEVICE), router_w.to(DEVICE), router_b.to(DEVICE))
+        res, _ = moe_kernels.experts_decode_shared(x.to(DEVICE), routing, *(e.to(DEVICE) for e in experts), top_k,
+                                                   1.702, 7.0, (residual.to(DEVICE), norm_w.to(DEVICE), 1e-5),
+                                                   share.exchange, 0)
+        assert torch.isfinite(res).all()
+    finally:
+        share.close()
+
+
+def test_decode_step_with_a_cpu_share_gives_the_logits_of_the_step_without() -> None:
+    """The fused decode step routes the shared layers through experts_decode_shared (a team serving layers 0 and 2
+    of a 3-layer model): the next-token logits match the step without a share, in fp32 to summation order."""
+    from gptoss_cli.engine.generator import load_random
+    from gptoss_cli.model.config import GptOssConfig
+    from gptoss_cli.model.fast import decode_step
+    from gptoss_cli.model.random_weights import tiny_config_dict
+
+    cfg = GptOssConfig.from_dict(tiny_config_dict())
+    engine = load_random(cfg, device=DEVICE.type, dtype=torch.float32, fast=True, graphs=False, context_length=64)
+    ids = list(range(40, 57))
+    engine.prefill(ids[:-1])
+    x = engine.model.embed(torch.tensor(ids[-1:], device=DEVICE))
+    pos = torch.tensor([16], device=DEVICE)
+    want = engine.model.logits(decode_step(engine.model, x, pos, engine.cache, 32))[0]
+    layers = [0, 2]
+    host = {i: _host(tuple(getattr(engine.model.layers[i], name) for name in (
+        "gate_up_blocks", "gate_up_scales", "gate_up_bias", "down_blocks", "down_scales", "down_bias")))
+        for i in layers}
+    share = CpuShare.start(host, layers, 32, cfg.num_experts_per_tok, torch.float32, DEVICE, cfg.swiglu_alpha,
+                           cfg.swiglu_limit, threads=2)
+    try:
+        got = engine.model.logits(decode_step(engine.model, x, pos, engine.cache, 32, cpu_share=share.slots()))[0]
+    finally:
+        share.close()
+    assert share.exchange.dones.tolist() == [1, 1]  # both shared layers went through the worker
+    assert (got - want).abs().max().item() < 1e-3
