@@ -1,15 +1,17 @@
 """Expert offload under VRAM caps (issue 9): random weights at the real shape, the plan's placement, batch 1.
 
-    python benchmarks/gpu_offload.py [--cases 20b:4,20b:8,120b:24] [--modes gpu,auto] [--out DIR]
+    python benchmarks/gpu_offload.py [--cases 20b:4,20b:8,120b:24] [--modes gpu,auto] [--check 20b:8[:MODE]]
+                                     [--out DIR]
     python benchmarks/gpu_offload.py --smoke      # a tiny model on the CPU: checks the script's code paths
 
-For each case: plan for a GPU capped at N GiB (context 4096, as llama-bench's pp512/tg128 runs), build the model
-in memory as the plan places it, cap the process at N GiB, then time prefill of 512 tokens once and decode of 64
-tokens (median of 3) in each mode, with the expert cache's hit rate, the bytes copied from host RAM per token and
-the experts computed on the CPU per token. Modes set how many decode misses the CPU computes while the others
-cross PCIe: ``gpu`` none (every miss is copied), ``auto`` the cost model's split (measured PCIe and CPU expert
-rates, printed first), a number a fixed fraction of the misses. Random routing is the pessimistic case for a
-cache (real models reuse experts across neighbouring tokens).
+For each case and mode: plan for a GPU capped at N GiB (context 4096, as llama-bench's pp512/tg128 runs), build the
+model in memory as the plan places it with GPTOSS_CPU_EXPERTS set to the mode (as a user would), cap the process at
+N GiB, then time prefill of 512 tokens and decode of 64 tokens (median of 3 each), with the expert cache's hit
+rate, the bytes read from host RAM over PCIe and by the CPU per token. Modes: ``gpu`` the GPU reads every routed
+expert in place; ``auto`` the CPU computes the share of each expert that balances the measured PCIe and CPU rates
+(engine/cpu_share.py, inside the CUDA graph); a number forces that share. ``--check`` compares an offloaded engine's
+logits with an all-resident one's (peaked random model). Random routing is the pessimistic case for a cache (real
+models reuse experts across neighbouring tokens).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import json
 import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -29,7 +32,7 @@ import torch
 from gptoss_cli.cli import use_expandable_segments
 from gptoss_cli.engine import cpu_experts
 from gptoss_cli.engine.generator import load_random
-from gptoss_cli.engine.offload import measure_costs, measure_h2d, with_offload
+from gptoss_cli.engine.offload import CPU_EXPERTS_ENV, measure_costs, measure_h2d, with_offload
 from gptoss_cli.engine.sampling import Sampler, SamplingParams
 from gptoss_cli.hardware import GiB, HardwareOverride, detect
 from gptoss_cli.model.config import GptOssConfig, official_config
@@ -43,14 +46,17 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build(name: str, cap_gib: float, smoke: bool) -> tuple:
-    """The engine as the plan places it (on CUDA), or a tiny CPU model with two offloaded layers (smoke)."""
+def build(name: str, cap_gib: float, smoke: bool, mode: str = "gpu", peaked: bool = False) -> tuple:
+    """The engine as the plan places it (on CUDA), or a tiny CPU model with two offloaded layers (smoke). ``mode``
+    goes to GPTOSS_CPU_EXPERTS before the load, as a user would set it: the CPU share is set up with the engine."""
+    os.environ[CPU_EXPERTS_ENV] = "0" if mode == "gpu" else mode
     if smoke:
         cfg = GptOssConfig.from_dict(tiny_config_dict())
         engine = load_random(cfg, device="cpu", dtype=torch.float32, context_length=1024)
         layers = [0, 2]
-        engine.offload = with_offload(engine.model, 3, layers, costs=measure_costs("cpu", cfg.hidden_size,
-                                                                                 cfg.intermediate_size))
+        fraction = 0.0 if mode == "gpu" else (None if mode == "auto" else float(mode))
+        engine.offload = with_offload(engine.model, 3, layers, cpu_fraction=fraction,
+                                      costs=measure_costs("cpu", cfg.hidden_size, cfg.intermediate_size))
         plan = SimpleNamespace(experts_on_gpu=(1,), expert_cache_slots=3, attn_precision="fp32",
                                lm_head="cpu", lm_head_precision="fp32", gpu_bytes=0, est_decode_tok_s=0.0)
         return cfg, plan, engine
@@ -58,24 +64,13 @@ def build(name: str, cap_gib: float, smoke: bool) -> tuple:
     hw = detect(HardwareOverride(vram_bytes=int(cap_gib * GiB)))
     plan = make_plan(cfg, tensor_sizes(cfg), hw, Wishes(context=4096), model=f"gpt-oss-{name}")
     assert plan.fits, plan.refusal_reason
-    return cfg, plan, load_random(cfg, device="cuda", plan=plan)
+    return cfg, plan, load_random(cfg, device="cuda", plan=plan, peaked=peaked)
 
 
-def set_mode(engine, graphs, mode: str) -> None:
-    """gpu: no CPU experts (decode reads experts in place, inside the CUDA graph); auto: the cost model; a number:
-    that fraction of each decode call's misses. A CPU share needs the host every layer: no graphs then."""
-    off = engine.offload
-    if off is None:
-        return
-    off.cpu_fraction = 0.0 if mode == "gpu" else (None if mode == "auto" else float(mode))
-    if mode == "auto" and off.costs is None:
-        raise SystemExit("mode auto needs the offload's measured costs (numba installed, CUDA device)")
-    engine.graphs = graphs if mode == "gpu" else None
-
-
-def run_case(name: str, cap_gib: float, modes: list[str], smoke: bool, tokens: int, prompt: int) -> dict:
+def run_mode(name: str, cap_gib: float, mode: str, smoke: bool, tokens: int, prompt: int) -> tuple[dict, dict]:
+    """Build the engine for one mode, then time prefill (median of 3) and decode of ``tokens`` (median of 3)."""
     t0 = time.perf_counter()
-    cfg, plan, engine = build(name, cap_gib, smoke)
+    cfg, plan, engine = build(name, cap_gib, smoke, mode)
     build_s = time.perf_counter() - t0
     dev = engine.device
     cuda = dev.type == "cuda"
@@ -88,65 +83,84 @@ def run_case(name: str, cap_gib: float, modes: list[str], smoke: bool, tokens: i
     off = engine.offload
     ids = torch.randint(0, min(cfg.vocab_size, 199998), (prompt,),
                         generator=torch.Generator().manual_seed(0)).tolist()
-    row = {
+    info = {
         "model": "tiny (smoke, CPU)" if smoke else f"gpt-oss-{name}", "cap_gib": cap_gib,
         "experts_on_gpu_layers": len(plan.experts_on_gpu), "offloaded_layers": len(off.layers) if off else 0,
         "expert_cache_slots": plan.expert_cache_slots, "attn": plan.attn_precision,
-        "lm_head": f"{plan.lm_head}/{plan.lm_head_precision}", "path": engine.path_name,
-        "decode_in_place": bool(off and off.in_place), "build_seconds": build_s,
-        "offload_costs": off.costs.to_dict() if off and off.costs else None, "cpu_threads": off.cpu_threads if off else 0,
-        "modes": {},
+        "lm_head": f"{plan.lm_head}/{plan.lm_head_precision}", "decode_in_place": bool(off and off.in_place),
+        "plan_gpu_bytes": plan.gpu_bytes, "plan_est_decode_tok_s": plan.est_decode_tok_s,
     }
-    prefill = []
-    graphs = engine.graphs
     greedy = Sampler(SamplingParams(temperature=0))
-    for mode in modes:
-        set_mode(engine, graphs, mode)
-        decode, per_token = [], []
-        for _ in range(3):
-            engine.reset()
-            sync(dev)
-            t = time.perf_counter()
-            logits = engine.prefill(ids)
-            int(logits.argmax())
-            if mode == modes[0]:
-                prefill.append(len(ids) / (time.perf_counter() - t))
-            s0 = SimpleNamespace(**vars(off.stats)) if off else None
-            sync(dev)
-            t = time.perf_counter()
-            for _ in engine.decode(logits, greedy, tokens + 1):  # the engine's own loop: `tokens` steps
-                pass
-            decode.append(tokens / (time.perf_counter() - t))
-            if off:
-                d = {k: getattr(off.stats, k) - getattr(s0, k) for k in vars(s0)}
-                routed = d["hits"] + d["misses"]
-                per_token.append({"bytes_from_host": d["bytes_from_host"] / tokens,
-                                  "cpu_experts": d["cpu_experts"] / tokens, "misses": d["misses"] / tokens,
-                                  "hit_rate": d["hits"] / max(routed, 1),
-                                  "cpu_ms": 1e3 * d["cpu_seconds"] / tokens,
-                                  "cpu_wait_ms": 1e3 * d["cpu_wait_seconds"] / tokens})
-        med = {k: statistics.median(p[k] for p in per_token) for k in per_token[0]} if per_token else {}
-        row["modes"][mode] = {"decode_tok_s": statistics.median(decode),
-                              **{f"decode_{k}_per_token" if k not in ("hit_rate",) else "decode_cache_hit_rate": v
-                                 for k, v in med.items()}}
-    row["prefill512_tok_s"] = statistics.median(prefill)
-    row["peak_gpu_bytes"] = torch.cuda.max_memory_allocated() if cuda else 0
-    row["plan_gpu_bytes"] = plan.gpu_bytes
-    row["plan_est_decode_tok_s"] = plan.est_decode_tok_s
-    print(json.dumps(row), flush=True)
+    prefill, decode, per_token = [], [], []
+    share = off.share if off else None
+    if share is not None:
+        print(json.dumps({"case": f"{name}:{cap_gib}", "mode": mode, "share": share.state()}), flush=True)
+        watchdog = threading.Thread(target=_watch, args=(share,), daemon=True)
+        watchdog.start()
+    for _ in range(3):
+        engine.reset()
+        sync(dev)
+        t = time.perf_counter()
+        logits = engine.prefill(ids)
+        int(logits.argmax())
+        prefill.append(len(ids) / (time.perf_counter() - t))
+        s0 = SimpleNamespace(**vars(off.stats)) if off else None
+        sync(dev)
+        t = time.perf_counter()
+        for _ in engine.decode(logits, greedy, tokens + 1):  # the engine's own loop: `tokens` steps
+            pass
+        decode.append(tokens / (time.perf_counter() - t))
+        if off:
+            d = {k: getattr(off.stats, k) - getattr(s0, k) for k in vars(s0)}
+            routed = d["hits"] + d["misses"]
+            per_token.append({"bytes_from_host": d["bytes_from_host"] / tokens, "cpu_bytes": d["cpu_bytes"] / tokens,
+                              "cpu_experts": d["cpu_experts"] / tokens, "misses": d["misses"] / tokens,
+                              "hit_rate": d["hits"] / max(routed, 1),
+                              "cpu_ms": 1e3 * d["cpu_seconds"] / tokens,
+                              "cpu_wait_ms": 1e3 * d["cpu_wait_seconds"] / tokens})
+    med = {k: statistics.median(p[k] for p in per_token) for k in per_token[0]} if per_token else {}
+    result = {"decode_tok_s": statistics.median(decode), "prefill512_tok_s": statistics.median(prefill),
+              "graphs": engine.graphs is not None, "build_seconds": build_s,
+              "cpu_share_split": share.exchange.split if share else None,
+              "cpu_share_error": share.error if share else None, "notes": list(off.notes) if off else [],
+              "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else 0,
+              **{f"decode_{k}_per_token" if k != "hit_rate" else "decode_cache_hit_rate": v for k, v in med.items()}}
+    if off:
+        off.close()
     del engine, off
     gc.collect()
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.set_per_process_memory_fraction(1.0)
+    return info, result
+
+
+def _watch(share) -> None:
+    """Print the CPU share's hand-off state every 20 s while it runs (a stalled worker shows up in the log)."""
+    while share.alive:
+        time.sleep(20)
+        print(json.dumps({"watch": share.state()}), flush=True)
+
+
+def run_case(name: str, cap_gib: float, modes: list[str], smoke: bool, tokens: int, prompt: int) -> dict:
+    row: dict = {"modes": {}}
+    for mode in modes:
+        info, result = run_mode(name, cap_gib, mode, smoke, tokens, prompt)
+        row = {**info, **row}
+        row["modes"][mode] = result
+        print(json.dumps({"case": f"{name}:{cap_gib}", "mode": mode, **result}), flush=True)
+    row["prefill512_tok_s"] = row["modes"][modes[0]]["prefill512_tok_s"]
     return row
 
 
-def check_case(name: str, cap_gib: float, prompt: int = 256, steps: int = 32) -> dict:
+def check_case(name: str, cap_gib: float, mode: str = "gpu", prompt: int = 256, steps: int = 32) -> dict:
     """Offloaded vs all-resident logits at the real shape, same random weights and the plan's precisions: a prefill
     of ``prompt`` tokens (experts staged) then ``steps`` teacher-forced decode steps (experts read in place from RAM
-    inside the CUDA graph). Same kernels on the same bytes, so the logits should be bit-identical."""
-    cfg, plan, engine = build(name, cap_gib, False)
+    inside the CUDA graph). Mode gpu: same kernels on the same bytes, so the logits should be bit-identical; with a
+    CPU share the worker sums its columns in another order (fp32), so close, not equal: the peaked random model
+    (confident predictions, like a trained one) makes top-1 agreement meaningful, where the plain one flips its
+    top-1 on any rounding difference."""
+    cfg, plan, engine = build(name, cap_gib, False, mode, peaked=True)
     ids = torch.randint(0, 199998, (prompt + steps,), generator=torch.Generator().manual_seed(1)).tolist()
 
     def run(eng) -> torch.Tensor:
@@ -156,6 +170,9 @@ def check_case(name: str, cap_gib: float, prompt: int = 256, steps: int = 32) ->
 
     path_offloaded = engine.path_name
     got = run(engine)
+    split = engine.offload.share.exchange.split if engine.offload and engine.offload.share else None
+    if engine.offload:
+        engine.offload.close()
     del engine
     gc.collect()
     torch.cuda.empty_cache()
@@ -163,14 +180,15 @@ def check_case(name: str, cap_gib: float, prompt: int = 256, steps: int = 32) ->
                                     lm_head="gpu", attn_precision=plan.attn_precision,
                                     lm_head_precision=plan.lm_head_precision, expert_cache_slots=0,
                                     context_length=plan.context_length, prefill_chunk=plan.prefill_chunk)
-    resident = load_random(cfg, device="cuda", plan=resident_plan)
+    resident = load_random(cfg, device="cuda", plan=resident_plan, peaked=True)
     path_resident = resident.path_name
     want = run(resident)
     del resident
     gc.collect()
     torch.cuda.empty_cache()
     diff = (got - want).abs()
-    row = {"model": f"gpt-oss-{name}", "cap_gib": cap_gib, "positions": got.shape[0],
+    row = {"model": f"gpt-oss-{name}", "cap_gib": cap_gib, "mode": mode, "cpu_share_split": split,
+           "positions": got.shape[0],
            "path_offloaded": path_offloaded, "path_resident": path_resident,
            "max_abs_diff": diff.max().item(), "bit_identical": bool(torch.equal(got, want)),
            "top1_agreement": (got.argmax(-1) == want.argmax(-1)).float().mean().item()}
@@ -185,8 +203,8 @@ def main() -> int:
     ap.add_argument("--modes", default="gpu,auto", help="comma-separated: gpu, auto, or a CPU fraction like 0.5")
     ap.add_argument("--tokens", type=int, default=64, help="decode tokens per run")
     ap.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (no GPU needed)")
-    ap.add_argument("--check", default="", help="cases (like --cases) whose offloaded logits are compared with an "
-                                                "all-resident run of the same weights before timing")
+    ap.add_argument("--check", default="", help="cases (like --cases, optionally :MODE) whose offloaded logits are "
+                                                "compared with an all-resident run of the same weights before timing")
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -205,8 +223,8 @@ def main() -> int:
     print(f"host->{dev.type} copy {out['h2d_gb_s']:.1f} GB/s; CPU experts {costs.cpu_bytes_s / 1e9:.1f} GB/s on "
           f"{costs.cpu_threads} threads (numba {numba_ok}, warm-up {compile_s:.1f} s); cost-model "
           f"CPU share of misses {costs.cpu_fraction:.2f}", flush=True)
-    out["checks"] = [check_case(*c.split(":")[:1], float(c.split(":")[1])) for c in args.check.split(",")
-                     if c and not smoke]
+    out["checks"] = [check_case(c.split(":")[0], float(c.split(":")[1]), *c.split(":")[2:3])
+                     for c in args.check.split(",") if c and not smoke]
     cases = ["tiny:0"] if smoke else args.cases.split(",")
     for case in cases:
         name, cap = case.split(":")
@@ -218,11 +236,11 @@ def main() -> int:
     for r in out["cases"]:
         for mode, m in r["modes"].items():
             print(f"{r['model']:<13} cap {r['cap_gib']:>4} GiB  offloaded {r['offloaded_layers']:>2} layers  "
-                  f"pp512 {r['prefill512_tok_s']:8.0f}  mode {mode:<5} tg {m['decode_tok_s']:6.1f} tok/s  "
+                  f"pp512 {m['prefill512_tok_s']:8.0f}  mode {mode:<5} tg {m['decode_tok_s']:6.1f} tok/s  "
                   f"hit {m.get('decode_cache_hit_rate', 1.0):.2f}  "
-                  f"{m.get('decode_bytes_from_host_per_token', 0) / 1e6:.0f} MB/token over PCIe  "
-                  f"{m.get('decode_cpu_experts_per_token', 0):.1f} CPU experts/token "
-                  f"(CPU {m.get('decode_cpu_ms_per_token', 0):.2f} ms, waited {m.get('decode_cpu_wait_ms_per_token', 0):.2f} ms)")
+                  f"{m.get('decode_bytes_from_host_per_token', 0) / 1e6:.0f} MB/token over PCIe, "
+                  f"{m.get('decode_cpu_bytes_per_token', 0) / 1e6:.0f} MB on the CPU (split "
+                  f"{m.get('cpu_share_split')}, graphs {m.get('graphs')})")
     return 0
 
 
