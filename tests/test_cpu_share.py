@@ -171,3 +171,23 @@ def test_decode_step_with_a_cpu_share_gives_the_logits_of_the_step_without() -> 
         share.close()
     assert share.exchange.dones.tolist() == [1, 1]  # both shared layers went through the worker
     assert (got - want).abs().max().item() < 1e-3
+
+
+def test_a_closed_share_stops_decode_with_a_clear_error() -> None:
+    """Once the team is gone, the engine refuses the next step (the GPU would otherwise wait and compute NaN)."""
+    from gptoss_cli.engine.generator import load_random
+    from gptoss_cli.engine.offload import with_offload
+    from gptoss_cli.errors import GptossError
+    from gptoss_cli.model.config import GptOssConfig
+    from gptoss_cli.model.random_weights import tiny_config_dict
+
+    cfg = GptOssConfig.from_dict(tiny_config_dict())
+    engine = load_random(cfg, device="cpu", dtype=torch.float32, fast=False, graphs=False, context_length=64)
+    off = with_offload(engine.model, 0, [1], cpu_fraction=0.0)
+    off.check_share()  # no share: nothing to check
+    off.share = CpuShare.start(off.host, off.layers, 32, cfg.num_experts_per_tok, torch.float32,
+                               torch.device("cpu"), cfg.swiglu_alpha, cfg.swiglu_limit, threads=1)
+    off.check_share()  # alive
+    off.close()
+    with pytest.raises(GptossError, match="share stopped"):
+        off.check_share()

@@ -235,6 +235,7 @@ class Engine:
         """One graph replay at the cache's length, not committed (the caller advances the cache)."""
         before = self.cache.length
         if self.offload is not None and self.offload.in_place:
+            self.offload.check_share()
             self.offload.count_in_place(1)
         try:
             return self.graphs.step(token, before, sampler)

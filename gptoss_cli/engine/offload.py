@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import speeds
+from ..errors import GptossError
 from ..model import transformer
 from ..model.config import GptOssConfig
 from ..model.transformer import GptOss, Layer, Ops
@@ -401,6 +402,12 @@ class ExpertOffload:
             self.notes.append(f"CPU expert share off: {exc}")
             return
         weakref.finalize(self, self.share.close)
+
+    def check_share(self) -> None:
+        """Refuse to decode on a CPU share whose workers are gone: the GPU would wait ~1 s a layer, then compute NaN."""
+        if self.share is not None and not self.share.alive:
+            raise GptossError(f"the CPU expert share stopped ({self.share.error or 'its workers were closed'})",
+                              hint=f"unset {CPU_EXPERTS_ENV} to decode with the GPU alone")
 
     def close(self) -> None:
         """Stop the CPU worker, if any (after the last decode step has finished)."""
