@@ -8,11 +8,12 @@ the experts where they are, at the same time, and neither reads the other's byte
 
 The hand-off stays inside the decode graph, with no host synchronisation (kernels/moe.py, experts_decode_shared):
 per layer the GPU writes the token's routing and MoE input into pinned buffers and bumps the layer's flag; the
-worker, spinning on the flags in a numba loop that never takes the GIL (``serve``), computes its share into a
-pinned output and bumps the layer's done mark; the GPU, after its own share, waits for that mark and ends the layer.
-A worker that stops answering turns the output into NaN after a few seconds (never a hang, never a silent error).
+workers, spinning on the flags in numba loops that never take the GIL (``serve_part``), compute their share into a
+pinned output and bump the layer's done mark; the GPU, after its own share, waits for that mark and ends the layer.
+Workers that stop answering turn the output into NaN after about a second (never a hang, never a silent error), and
+the engine refuses the next step (ExpertOffload.check_share).
 
-The work is split over a team of threads (every core but the one driving the GPU), each in its own numba loop:
+The work is split over a team of threads (``team_size``), each in its own numba loop:
 they split every request statically and meet at spin barriers, because waking a threading layer's sleeping threads
 through the OS for each request cost more than the request (measured on the H200 host: 2.5x the isolated time).
 The team polls without pause while decode runs and sleeps between polls once idle, so an idle chat costs no core.
@@ -32,14 +33,14 @@ from . import cpu_experts
 if TYPE_CHECKING:  # the kernels need Triton; the engine loads without it (then no share starts)
     from gptoss_kernels.moe import HostExchange
 
-# empty scans of the flags (~50 ns each for 24 layers) before the worker starts sleeping between scans
+# empty scans of the flags (tens of ns each for 24 layers: ~50 ms in all) before a worker sleeps between scans
 HOT_SCANS = 2_000_000
 
 
 def team_size() -> int:
     """Worker threads: every core but two, one for the thread driving the GPU and one for everything else on the
     machine. The team meets at spin barriers, so a worker that loses its core to another process stalls all of
-    them (measured on the H200 host with every core busy: layers up to twice as slow, and erratic)."""
+    them (a precaution: runs on the H200 host with every core busy were erratic; the cause was not established)."""
     return max(1, cpu_experts.default_threads() - 1)
 
 

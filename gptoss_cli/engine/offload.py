@@ -18,11 +18,11 @@ per process, a fraction in [0, 1] forces one) lets the CPU work on the experts w
 With in-place decode it stays inside the CUDA graph (engine/cpu_share.py): the GPU computes each routed expert's
 intermediate columns [0, split) over PCIe while a team of CPU threads computes [split, I), handed over through
 pinned flags. On the H200 host it measured 42.2 vs 36.1 tok/s (20b, 4 GiB) and 71.5 vs 60.1 (8 GiB) on one machine
-start, 40.5 vs 33.4 for 120b at 24 GiB, but other starts were erratic (a spin team needs its cores; another
-process on them stalls every layer), so it is off by default (BENCHMARKS.md). Without in-place decode (the torch
-reference path), a one-token call instead stages the misses the GPU takes and a worker thread computes the others
-with engine/cpu_experts.py while the main thread waits for it every layer (no CUDA graphs then); a CPU-computed
-expert is staged as zeros with zero biases, so it adds exactly 0 on the GPU.
+start, 40.5 vs 33.4 for 120b at 24 GiB, but other starts were erratic (not explained: those processes measured
+the host's CPU slow before any share existed), so it is off by default (BENCHMARKS.md). Without in-place decode
+(the torch reference path), a one-token call instead stages the misses the GPU takes and a worker thread computes
+the others with engine/cpu_experts.py while the main thread waits for it every layer (no CUDA graphs then); a
+CPU-computed expert is staged as zeros with zero biases, so it adds exactly 0 on the GPU.
 
 Not done here: the in-place decode does not consult the GPU cache (it serves prefill), so every routed expert of an
 offloaded layer crosses PCIe each token (a model whose routing repeats would gain from a cache there).
@@ -382,7 +382,6 @@ class ExpertOffload:
         self.stats.misses += n_cpu
         self.stats.cpu_experts += n_cpu
         return (out.float() + torch.from_numpy(y).to(out.device)).to(x.dtype)
-
 
     def start_share(self) -> None:
         """Start the CPU worker for in-place decode (engine/cpu_share.py) with the configured share (a fraction,
