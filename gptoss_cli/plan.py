@@ -534,7 +534,8 @@ def _explain(mb: ModelBytes, s: _Search, wishes: Wishes) -> list[str]:
                      f"system RAM, as llama.cpp --n-cpu-moe {n} keeps them on the CPU; here the GPU reads each "
                      f"token's {round(mb.active_experts * mb.num_experts)} routed experts of those layers across "
                      f"PCIe ({per_token / 1e6:.0f} MB a token at ~{bw.pcie_gb_s * IN_PLACE_FRACTION:.0f} GB/s, "
-                     f"{rate}), which bounds decode speed")
+                     f"{rate}), which bounds decode speed; experimental: GPTOSS_CPU_EXPERTS=auto (the "
+                     f"cpu-experts extra) has the CPU compute part of each of those experts meanwhile")
     if on_gpu and lay.lm_head == "cpu":
         notes.append("lm_head in system RAM and computed on the CPU: the last step before running CPU-only")
     if wishes.context is not None:
