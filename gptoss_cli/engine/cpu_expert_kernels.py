@@ -10,12 +10,14 @@ import sys
 
 import numpy as np
 from gptoss_kernels import mxfp4
+from llvmlite import binding as _llvm_binding
 from llvmlite import ir as _llvm_ir
 from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 _FASTMATH = {"reassoc", "contract"}
+_LLVM_MAJOR = _llvm_binding.llvm_version_info[0]
 _I32 = np.int32
 _U16 = np.uint16
 _FP4 = np.array(mxfp4.FP4_VALUES, dtype=np.float32)
@@ -55,6 +57,33 @@ def _f16_to_f32(typingctx, bits):
         return builder.fpext(builder.bitcast(args[0], _llvm_ir.HalfType()), _llvm_ir.FloatType())
 
     return sig, codegen
+
+
+def _element_pointer(context, builder, aryty, ary_value, index):
+    """LLVM pointer to element ``index`` of a 1-D array (for the intrinsics below)."""
+    ary = context.make_array(aryty)(context, builder, ary_value)
+    return cgutils.get_item_pointer(context, builder, aryty, ary, [index], wraparound=False)
+
+
+@intrinsic
+def _prefetch(typingctx, arr, idx):
+    """Ask the CPU to bring the cache line holding arr[idx] in (``llvm.prefetch``: read, keep, data)."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, signature, args):
+        i8p = _llvm_ir.IntType(8).as_pointer()
+        i32 = _llvm_ir.IntType(32)
+        name = "llvm.prefetch.p0" if _LLVM_MAJOR >= 15 else "llvm.prefetch.p0i8"
+        fn = cgutils.get_or_insert_function(builder.module, _llvm_ir.FunctionType(
+            _llvm_ir.VoidType(), [i8p, i32, i32, i32]), name)
+        ptr = _element_pointer(context, builder, signature.args[0], args[0], args[1])
+        builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+_PREFETCH_ROWS = 2  # rows ahead: a short row segment at a 1,440-byte stride is not one the hardware prefetches
 
 
 @njit(inline="always")
@@ -108,17 +137,27 @@ def gate_up_swiglu(blocks, scales, bias, ids, xe, xo, alpha, limit, h):
 
 @njit(parallel=True, fastmath=_FASTMATH, nogil=True, cache=True)
 def down_mix(blocks, scales, bias, ids, weights, he, ho, out):
-    """out[r] = sum_j weights[j] * (row r of expert ids[j] applied to h_j, plus bias); rows split over threads."""
+    """out[r] = sum_j weights[j] * (row r of expert ids[j] applied to h_j, plus bias); blocks of 64 rows split
+    over threads, expert by expert inside a block, rows requested ahead (as ``_down_part``)."""
     n = ids.shape[0]
     E, R, G, _ = blocks.shape
-    flat = blocks.reshape(E, R, G * 16)
-    for r in prange(R):
-        acc = np.float32(0.0)
+    row_bytes = G * 16
+    flat = blocks.reshape(E, R * row_bytes)
+    flat_scales = scales.reshape(E, R * G)
+    for block in prange((R + 63) // 64):
+        r0, r1 = block * 64, min(R, block * 64 + 64)
+        for r in range(r0, r1):
+            out[r] = np.float32(0.0)
         for j in range(n):
             e = ids[j]
-            y = _row_dot(flat[e, r], scales[e, r], he[j], ho[j]) + bias[e, r]
-            acc += y * weights[j]
-        out[r] = acc
+            rows, srows = flat[e], flat_scales[e]
+            for r in range(r0, r1):
+                ahead = r + _PREFETCH_ROWS
+                if ahead < r1:
+                    for q in range(ahead * row_bytes, (ahead + 1) * row_bytes, 64):
+                        _prefetch(rows, q)
+                y = _row_dot(rows[r * row_bytes:(r + 1) * row_bytes], srows[r * G:(r + 1) * G], he[j], ho[j])
+                out[r] += (y + bias[e, r]) * weights[j]
 
 
 def set_threads(n: int) -> None:
@@ -135,11 +174,6 @@ def set_threads(n: int) -> None:
 # barriers on atomic counters: a parallel region of a threading layer wakes its sleeping threads through the OS for
 # every call, which cost more than the work (measured: a 0.9 ms share took 2.5x its isolated time on the H200 host).
 # ---------------------------------------------------------------------------------------------------------------
-
-
-def _element_pointer(context, builder, aryty, ary_value, index):
-    ary = context.make_array(aryty)(context, builder, ary_value)
-    return cgutils.get_item_pointer(context, builder, aryty, ary, [index], wraparound=False)
 
 
 @intrinsic
@@ -224,17 +258,27 @@ def _gate_up_part(k, team, gu_blocks, gu_scales, gu_bias, ids, xe, xo, split, al
 @njit(fastmath=_FASTMATH, nogil=True, cache=True)
 def _down_part(k, team, dn_blocks, dn_scales, ids, wts, split, h, out):
     """Thread k of ``team``: its rows of out[r] = sum_j wts[j] * sum_{c >= split} W2_{ids[j]}[r, c] * h_j[c] (no
-    down bias: the GPU's share adds it)."""
+    down bias: the GPU's share adds it). Expert by expert, each row's segment [split/2, I/2) of bytes requested a
+    couple of rows ahead: 3x faster than row by row for the short segments of a CPU share (development machine)."""
     n = ids.shape[0]
     E, H, G2, _ = dn_blocks.shape
-    flat = dn_blocks.reshape(E, H, G2 * 16)
+    row_bytes = G2 * 16
+    flat = dn_blocks.reshape(E, H * row_bytes)
+    flat_scales = dn_scales.reshape(E, H * G2)
     b0, g0 = split // 2, split // 32
-    for r in range(k * H // team, (k + 1) * H // team):
-        acc = np.float32(0.0)
-        for j in range(n):
-            e = ids[j]
-            acc += wts[j] * _row_dot(flat[e, r, b0:], dn_scales[e, r, g0:], h[j, 0], h[j, 1])
-        out[r] = acc
+    r0, r1 = k * H // team, (k + 1) * H // team
+    for r in range(r0, r1):
+        out[r] = np.float32(0.0)
+    for j in range(n):
+        blocks, scales, w = flat[ids[j]], flat_scales[ids[j]], wts[j]
+        for r in range(r0, r1):
+            ahead = r + _PREFETCH_ROWS
+            if ahead < r1:
+                for q in range(ahead * row_bytes + b0, (ahead + 1) * row_bytes, 64):
+                    _prefetch(blocks, q)
+                _prefetch(scales, ahead * G2 + g0)
+            out[r] += w * _row_dot(blocks[r * row_bytes + b0:(r + 1) * row_bytes], scales[r * G2 + g0:(r + 1) * G2],
+                                   h[j, 0], h[j, 1])
 
 
 @njit(nogil=True, cache=True)
