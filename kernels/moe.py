@@ -553,6 +553,10 @@ def _publish_kernel(logits_ptr, t_ptr, seq_ptr, flag_ptr, ids_ptr, wts_ptr, xs_p
     tl.store(xs_ptr + slot * H + H // 2 + half, tl.load(t_ptr + 2 * half + 1, mask=m, other=0.0).to(tl.float32),
              mask=m)
     seq = tl.load(seq_ptr + slot) + 1
+    # Every thread reads the count before one of them stores the new one: a warp that read it after the store
+    # would publish seq + 1 (found in the PTX after the H200 runs; the worker would then finish a request the GPU
+    # does not wait for, and the GPU time out on the one it does).
+    tl.debug_barrier()
     tl.store(seq_ptr + slot, seq)
     _store_release(flag_ptr + slot, seq, ASM)
 

@@ -40,7 +40,7 @@ HOT_SCANS = 2_000_000
 def team_size() -> int:
     """Worker threads: every core but two, one for the thread driving the GPU and one for everything else on the
     machine. The team meets at spin barriers, so a worker that loses its core to another process stalls all of
-    them (a precaution: runs on the H200 host with every core busy were erratic; the cause was not established)."""
+    them (a precaution: runs on the H200 host with every core busy were erratic, with a hand-off race since fixed)."""
     return max(1, cpu_experts.default_threads() - 1)
 
 

@@ -18,8 +18,8 @@ per process, a fraction in [0, 1] forces one) lets the CPU work on the experts w
 With in-place decode it stays inside the CUDA graph (engine/cpu_share.py): the GPU computes each routed expert's
 intermediate columns [0, split) over PCIe while a team of CPU threads computes [split, I), handed over through
 pinned flags. On the H200 host it measured 42.2 vs 36.1 tok/s (20b, 4 GiB) and 71.5 vs 60.1 (8 GiB) on one machine
-start, 40.5 vs 33.4 for 120b at 24 GiB, but other starts were erratic (not explained: those processes measured
-the host's CPU slow before any share existed), so it is off by default (BENCHMARKS.md). Without in-place decode
+start, 40.5 vs 33.4 for 120b at 24 GiB; other starts were erratic (a race in the hand-off, since fixed and not
+re-measured, and a host CPU that measured slow), so it is off by default (BENCHMARKS.md). Without in-place decode
 (the torch reference path), a one-token call instead stages the misses the GPU takes and a worker thread computes
 the others with engine/cpu_experts.py while the main thread waits for it every layer (no CUDA graphs then); a
 CPU-computed expert is staged as zeros with zero biases, so it adds exactly 0 on the GPU.
