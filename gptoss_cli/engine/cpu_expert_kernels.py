@@ -116,6 +116,18 @@ def _row_dot(row, srow, xe, xo):
     return acc
 
 
+@njit(inline="always")
+def _segment_dot(blocks, scales, r, end, row_bytes, G, b0, g0, xe, xo):
+    """``_row_dot`` of bytes [b0, row_bytes) of packed row r (``blocks``/``scales``: one expert, rows flattened), after
+    requesting the same segment of row r + _PREFETCH_ROWS (if below ``end``): rows taken one after another."""
+    ahead = r + _PREFETCH_ROWS
+    if ahead < end:
+        for q in range(ahead * row_bytes + b0, (ahead + 1) * row_bytes, 64):
+            _prefetch(blocks, q)
+        _prefetch(scales, ahead * G + g0)
+    return _row_dot(blocks[r * row_bytes + b0:(r + 1) * row_bytes], scales[r * G + g0:(r + 1) * G], xe, xo)
+
+
 @njit(parallel=True, fastmath=_FASTMATH, nogil=True, cache=True)
 def gate_up_swiglu(blocks, scales, bias, ids, xe, xo, alpha, limit, h):
     """h[j, c] = swiglu(row 2c, row 2c+1 of expert ids[j] applied to x, plus bias); rows split over threads."""
@@ -152,11 +164,7 @@ def down_mix(blocks, scales, bias, ids, weights, he, ho, out):
             e = ids[j]
             rows, srows = flat[e], flat_scales[e]
             for r in range(r0, r1):
-                ahead = r + _PREFETCH_ROWS
-                if ahead < r1:
-                    for q in range(ahead * row_bytes, (ahead + 1) * row_bytes, 64):
-                        _prefetch(rows, q)
-                y = _row_dot(rows[r * row_bytes:(r + 1) * row_bytes], srows[r * G:(r + 1) * G], he[j], ho[j])
+                y = _segment_dot(rows, srows, r, r1, row_bytes, G, 0, 0, he[j], ho[j])
                 out[r] += (y + bias[e, r]) * weights[j]
 
 
@@ -272,13 +280,7 @@ def _down_part(k, team, dn_blocks, dn_scales, ids, wts, split, h, out):
     for j in range(n):
         blocks, scales, w = flat[ids[j]], flat_scales[ids[j]], wts[j]
         for r in range(r0, r1):
-            ahead = r + _PREFETCH_ROWS
-            if ahead < r1:
-                for q in range(ahead * row_bytes + b0, (ahead + 1) * row_bytes, 64):
-                    _prefetch(blocks, q)
-                _prefetch(scales, ahead * G2 + g0)
-            out[r] += w * _row_dot(blocks[r * row_bytes + b0:(r + 1) * row_bytes], scales[r * G2 + g0:(r + 1) * G2],
-                                   h[j, 0], h[j, 1])
+            out[r] += w * _segment_dot(blocks, scales, r, r1, row_bytes, G2, b0, g0, h[j, 0], h[j, 1])
 
 
 @njit(nogil=True, cache=True)

@@ -120,18 +120,14 @@ def decode_step(model: GptOss, x: torch.Tensor, positions: torch.Tensor, cache: 
             # residual add, MoE norm and router in one launch; the next residual add and norm in the down GEMV's
             x, t, routing = moe_kernels.add_rms_norm_route(x, attn_out, layer.mlp_norm, eps, layer.router_w,
                                                            layer.router_b)
+            experts = (layer.gate_up_blocks, layer.gate_up_scales, layer.gate_up_bias, layer.down_blocks,
+                       layer.down_scales, layer.down_bias, cfg.num_experts_per_tok, cfg.swiglu_alpha,
+                       cfg.swiglu_limit, (x, after, eps))
             shared = cpu_share.get(i) if cpu_share and x.shape[0] == 1 else None
             if shared is not None:
-                x, t = moe_kernels.experts_decode_shared(t, routing, layer.gate_up_blocks, layer.gate_up_scales,
-                                                         layer.gate_up_bias, layer.down_blocks, layer.down_scales,
-                                                         layer.down_bias, cfg.num_experts_per_tok,
-                                                         cfg.swiglu_alpha, cfg.swiglu_limit, (x, after, eps),
-                                                         *shared)
+                x, t = moe_kernels.experts_decode_shared(t, routing, *experts, *shared)
             else:
-                x, t = moe_kernels.experts_decode(t, routing, layer.gate_up_blocks, layer.gate_up_scales,
-                                                  layer.gate_up_bias, layer.down_blocks, layer.down_scales,
-                                                  layer.down_bias, cfg.num_experts_per_tok, cfg.swiglu_alpha,
-                                                  cfg.swiglu_limit, residual=(x, after, eps))
+                x, t = moe_kernels.experts_decode(t, routing, *experts)
         else:
             x, t = norm_kernels.add_rms_norm(x, attn_out, layer.mlp_norm, eps)
             x, t = norm_kernels.add_rms_norm(x, ops.moe(t, layer, cfg), after, eps)
