@@ -118,6 +118,29 @@ def test_decodes_every_code_and_scale_exactly() -> None:
     assert torch.equal(torch.from_numpy(got), dense)
 
 
+@needs_numba
+def test_without_avx512_the_fp16_decode_is_exact_too(tmp_path) -> None:
+    """On a CPU without AVX-512 (most desktop Intel cores) the kernels decode through fp16 instead of the 16-lane
+    table permute: compiled for such a target (NUMBA_CPU_FEATURES without avx512*, fresh cache), in another
+    process, the same exactness and reference checks pass."""
+    import os
+    import subprocess
+    import sys
+
+    from llvmlite import binding as llvm
+
+    features = ",".join(f"-{name}" if name.startswith("avx512") else f"{'+' if on else '-'}{name}"
+                        for name, on in llvm.get_host_cpu_features().items())
+    script = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import test_cpu_experts as t; "
+        "assert not t.ce.kernels().AVX512; t.test_decodes_every_code_and_scale_exactly(); "
+        "[t.test_matches_the_reference_for_expert_sets(True, *shape) for shape in t.SHAPES]; print('ok')")
+    env = {**os.environ, "NUMBA_CPU_FEATURES": features, "NUMBA_CACHE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+
+
 @pytest.mark.parametrize("use_numba", PATHS)
 def test_h_is_rounded_to_the_activation_dtype(use_numba: bool) -> None:
     H, I, E = 64, 96, 3

@@ -6,6 +6,7 @@ See cpu_experts.py for the decode and the precision rules, cpu_share.py for ``se
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -83,6 +84,66 @@ def _prefetch(typingctx, arr, idx):
     return sig, codegen
 
 
+def _targets_avx512() -> bool:
+    """Whether numba compiles for a CPU with AVX-512F (its features: NUMBA_CPU_FEATURES if set, else the host's)."""
+    features = os.environ.get("NUMBA_CPU_FEATURES")
+    if features:
+        return "+avx512f" in features.split(",")
+    return bool(_llvm_binding.get_host_cpu_features().get("avx512f"))
+
+
+AVX512 = _targets_avx512()
+
+
+@intrinsic
+def _row_dot_permute(typingctx, row, srow, xe, xo):
+    """``_row_dot``'s fast path in 16-lane AVX-512 vectors, one scale group (16 bytes, 32 codes) per step: the
+    bytes widen to 32-bit lanes and ``vpermps`` looks each code up in a register-held table of the 16 FP4 values
+    (it reads only an index's low 4 bits, so the low nibble needs no mask and the high one a shift), then
+    ``acc += (lo * xe + hi * xo) * 2**(s - 127)``. 8 vector instructions a group against ~24 for the fp16 decode,
+    which Intel cores issue at two 512-bit operations a cycle. Contiguous arrays only; scales 1..254 (callers keep
+    to 2..240, as the fp16 path)."""
+    if not all(isinstance(a, types.Array) and a.ndim == 1 and a.layout == "C" for a in (row, srow, xe, xo)):
+        return None
+    sig = types.float32(row, srow, xe, xo)
+
+    def codegen(context, builder, signature, args):
+        f32, i32, i8 = _llvm_ir.FloatType(), _llvm_ir.IntType(32), _llvm_ir.IntType(8)
+        v16f, v16i, v16b = _llvm_ir.VectorType(f32, 16), _llvm_ir.VectorType(i32, 16), _llvm_ir.VectorType(i8, 16)
+        arrays = [context.make_array(ty)(context, builder, value) for ty, value in zip(signature.args, args)]
+        row_p, srow_p, xe_p, xo_p = (a.data for a in arrays)
+        groups = builder.udiv(builder.extract_value(arrays[0].shape, 0), context.get_constant(types.intp, 16))
+        table = _llvm_ir.Constant(v16f, [float(v) for v in mxfp4.FP4_VALUES])
+        permute = cgutils.get_or_insert_function(builder.module, _llvm_ir.FunctionType(v16f, [v16f, v16i]),
+                                                 "llvm.x86.avx512.permvar.sf.512")
+        fma = cgutils.get_or_insert_function(builder.module, _llvm_ir.FunctionType(v16f, [v16f, v16f, v16f]),
+                                             "llvm.fma.v16f32")
+        acc = cgutils.alloca_once_value(builder, _llvm_ir.Constant(v16f, [0.0] * 16))
+        with cgutils.for_range(builder, groups) as loop:
+            g = loop.index
+            at = builder.mul(g, context.get_constant(types.intp, 16))
+            codes = builder.zext(builder.load(builder.bitcast(builder.gep(row_p, [at]), v16b.as_pointer()),
+                                              align=1), v16i)
+            lo = builder.call(permute, [table, codes])
+            hi = builder.call(permute, [table, builder.lshr(codes, _llvm_ir.Constant(v16i, [4] * 16))])
+            x_even = builder.load(builder.bitcast(builder.gep(xe_p, [at]), v16f.as_pointer()), align=4)
+            x_odd = builder.load(builder.bitcast(builder.gep(xo_p, [at]), v16f.as_pointer()), align=4)
+            pair = builder.call(fma, [hi, x_odd, builder.fmul(lo, x_even)])
+            bits = builder.shl(builder.zext(builder.load(builder.gep(srow_p, [g])), i32), i32(23))
+            scale = builder.bitcast(bits, f32)
+            splat = builder.insert_element(_llvm_ir.Constant(v16f, _llvm_ir.Undefined), scale, i32(0))
+            splat = builder.shuffle_vector(splat, splat, _llvm_ir.Constant(v16i, [0] * 16))
+            builder.store(builder.call(fma, [pair, splat, builder.load(acc)]), acc)
+        total = builder.load(acc)
+        for width in (8, 4, 2, 1):  # a tree of halves: 16 lanes to one
+            half = builder.shuffle_vector(total, total, _llvm_ir.Constant(
+                _llvm_ir.VectorType(i32, 16), list(range(width, 2 * width)) + [0] * (16 - width)))
+            total = builder.fadd(total, half)
+        return builder.extract_element(total, i32(0))
+
+    return sig, codegen
+
+
 _PREFETCH_ROWS = 2  # rows ahead: a short row segment at a 1,440-byte stride is not one the hardware prefetches
 
 
@@ -90,10 +151,11 @@ _PREFETCH_ROWS = 2  # rows ahead: a short row segment at a 1,440-byte stride is 
 def _row_dot(row, srow, xe, xo):
     """sum_k W[k] x[k] for one packed row: ``row`` [G*16] bytes, ``srow`` [G] scales, x as even/odd halves.
 
-    Each code becomes the fp16 ``fp4 * 2**-14`` in 16-bit lanes (magnitude bits to 9..11, sign to 15: two shifts,
-    two masks, an or), then fp32 by a hardware conversion; a pair's products are scaled by its group's
-    ``2**(s - 113)``. Exact for every code (0.5 is an fp16 subnormal, converted exactly) and for scales 2..240,
-    where every factor is a normal fp32; a row with any other scale takes the plain table path."""
+    An AVX-512 target takes ``_row_dot_permute``; elsewhere each code becomes the fp16 ``fp4 * 2**-14`` in 16-bit
+    lanes (magnitude bits to 9..11, sign to 15: two shifts, two masks, an or), then fp32 by a hardware conversion;
+    a pair's products are scaled by its group's ``2**(s - 113)``. Exact for every code (0.5 is an fp16 subnormal,
+    converted exactly) and for scales 2..240, where every factor is a normal fp32; a row with any other scale
+    takes the plain table path."""
     n = row.shape[0]
     lo_s, hi_s = 255, 0
     for g in range(srow.shape[0]):
@@ -101,7 +163,9 @@ def _row_dot(row, srow, xe, xo):
         lo_s = min(lo_s, s)
         hi_s = max(hi_s, s)
     acc = np.float32(0.0)
-    if lo_s >= 2 and hi_s <= 240:
+    if AVX512 and lo_s >= 2 and hi_s <= 240 and n % 16 == 0:
+        acc = _row_dot_permute(row, srow, xe, xo)
+    elif lo_s >= 2 and hi_s <= 240:
         for j in range(n):
             b = _U16(row[j])
             lo = _f16_to_f32(_U16(_U16(_U16(b & _U16(7)) << _U16(9)) | _U16(_U16(b & _U16(8)) << _U16(12))))
