@@ -1,14 +1,15 @@
 """Expert offload under VRAM caps (issue 9): random weights at the real shape, the plan's placement, batch 1.
 
-    python benchmarks/gpu_offload.py [--cases 20b:4,20b:8,120b:24] [--modes gpu,auto] [--check 20b:8[:MODE]]
+    python benchmarks/gpu_offload.py [--cases 20b:4,20b:8,120b:24] [--modes gpu,default] [--check 20b:8[:MODE]]
                                      [--out DIR]
     python benchmarks/gpu_offload.py --smoke      # a tiny model on the CPU: checks the script's code paths
 
 For each case and mode: plan for a GPU capped at N GiB (context 4096, as llama-bench's pp512/tg128 runs), build the
 model in memory as the plan places it with GPTOSS_CPU_EXPERTS set to the mode (as a user would), cap the process at
 N GiB, then time prefill of 512 tokens and decode of 64 tokens (median of 3 each), with the expert cache's hit
-rate, the bytes read from host RAM over PCIe and by the CPU per token. Modes: ``gpu`` the GPU reads every routed
-expert in place; ``auto`` the CPU computes the share of each expert that balances the measured PCIe and CPU rates
+rate, the bytes read from host RAM over PCIe and by the CPU per token. Modes: ``gpu`` (GPTOSS_CPU_EXPERTS=0) the GPU
+reads every routed expert in place; ``default`` (unset, what a user gets; ``auto`` is the same for in-place decode)
+the CPU computes the share of each expert where the team's rate, timed at load, and the PCIe rate balance
 (engine/cpu_share.py, inside the CUDA graph); a number forces that share. ``--check`` compares an offloaded engine's
 logits with an all-resident one's (peaked random model). Random routing is the pessimistic case for a cache (real
 models reuse experts across neighbouring tokens).
@@ -49,12 +50,14 @@ def sync(device: torch.device) -> None:
 def build(name: str, cap_gib: float, smoke: bool, mode: str = "gpu", peaked: bool = False) -> tuple:
     """The engine as the plan places it (on CUDA), or a tiny CPU model with two offloaded layers (smoke). ``mode``
     goes to GPTOSS_CPU_EXPERTS before the load, as a user would set it: the CPU share is set up with the engine."""
-    os.environ[CPU_EXPERTS_ENV] = "0" if mode == "gpu" else mode
+    os.environ.pop(CPU_EXPERTS_ENV, None)
+    if mode != "default":
+        os.environ[CPU_EXPERTS_ENV] = "0" if mode == "gpu" else mode
     if smoke:
         cfg = GptOssConfig.from_dict(tiny_config_dict())
         engine = load_random(cfg, device="cpu", dtype=torch.float32, context_length=1024)
         layers = [0, 2]
-        fraction = 0.0 if mode == "gpu" else (None if mode == "auto" else float(mode))
+        fraction = 0.0 if mode == "gpu" else (None if mode in ("auto", "default") else float(mode))
         engine.offload = with_offload(engine.model, 3, layers, cpu_fraction=fraction,
                                       costs=measure_costs("cpu", cfg.hidden_size, cfg.intermediate_size))
         plan = SimpleNamespace(experts_on_gpu=(1,), expert_cache_slots=3, attn_precision="fp32",
@@ -122,7 +125,9 @@ def run_mode(name: str, cap_gib: float, mode: str, smoke: bool, tokens: int, pro
     result = {"decode_tok_s": statistics.median(decode), "prefill512_tok_s": statistics.median(prefill),
               "graphs": engine.graphs is not None, "build_seconds": build_s,
               "cpu_share_split": share.exchange.split if share else None,
-              "cpu_share_error": share.error if share else None, "notes": list(off.notes) if off else [],
+              "cpu_share_error": share.error if share else None,
+              "cpu_share_gb_s": share.bytes_s / 1e9 if share and share.bytes_s else None,
+              "notes": list(off.notes) if off else [],
               "peak_gpu_bytes": torch.cuda.max_memory_allocated() if cuda else 0,
               **{f"decode_{k}_per_token" if k != "hit_rate" else "decode_cache_hit_rate": v for k, v in med.items()}}
     if off:
@@ -200,7 +205,8 @@ def main() -> int:
     use_expandable_segments()  # as the CLI runs: before the first CUDA allocation
     ap = argparse.ArgumentParser()
     ap.add_argument("--cases", default="20b:4,20b:8,120b:24")
-    ap.add_argument("--modes", default="gpu,auto", help="comma-separated: gpu, auto, or a CPU fraction like 0.5")
+    ap.add_argument("--modes", default="gpu,default",
+                    help="comma-separated: gpu, default, auto, or a CPU fraction like 0.5")
     ap.add_argument("--tokens", type=int, default=64, help="decode tokens per run")
     ap.add_argument("--smoke", action="store_true", help="a tiny model on the CPU (no GPU needed)")
     ap.add_argument("--check", default="", help="cases (like --cases, optionally :MODE) whose offloaded logits are "
@@ -236,11 +242,11 @@ def main() -> int:
     for r in out["cases"]:
         for mode, m in r["modes"].items():
             print(f"{r['model']:<13} cap {r['cap_gib']:>4} GiB  offloaded {r['offloaded_layers']:>2} layers  "
-                  f"pp512 {m['prefill512_tok_s']:8.0f}  mode {mode:<5} tg {m['decode_tok_s']:6.1f} tok/s  "
+                  f"pp512 {m['prefill512_tok_s']:8.0f}  mode {mode:<7} tg {m['decode_tok_s']:6.1f} tok/s  "
                   f"hit {m.get('decode_cache_hit_rate', 1.0):.2f}  "
                   f"{m.get('decode_bytes_from_host_per_token', 0) / 1e6:.0f} MB/token over PCIe, "
                   f"{m.get('decode_cpu_bytes_per_token', 0) / 1e6:.0f} MB on the CPU (split "
-                  f"{m.get('cpu_share_split')}, graphs {m.get('graphs')})")
+                  f"{m.get('cpu_share_split')} at {m.get('cpu_share_gb_s') or 0:.1f} GB/s, graphs {m.get('graphs')})")
     return 0
 
 

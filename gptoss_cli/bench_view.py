@@ -129,5 +129,7 @@ def render(result: BenchResult) -> Table:
                           f"{o['hit_rate']:.0%}")
         if o.get("cpu_share_split") is not None:
             table.caption += (f"\nCPU share: {o['cpu_bytes_per_token'] / 1e6:,.0f} MB of experts a token read by "
-                              f"the CPU (columns from {o['cpu_share_split']} on)")
+                              f"the CPU (columns from {o['cpu_share_split']} on"
+                              + (f", {o['cpu_share_gb_s']:.1f} GB/s timed at load" if o.get("cpu_share_gb_s") else "")
+                              + ")")
     return table

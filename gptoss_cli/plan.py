@@ -67,12 +67,14 @@ class PlanError(GptossError):
 class Bandwidths:
     """Inputs of the decode estimate, GB/s. ``gpu_gb_s=None`` looks the card up by name; given values
     are taken as they are. ``measured``: the date this machine measured ``pcie_gb_s`` (speeds.py), "" if
-    assumed."""
+    assumed. ``cpu_share_gb_s``: the rate at which the CPU computes its share of experts kept in RAM, as a load
+    timed it on this machine (0: not known yet; the estimate then counts the GPU's PCIe reads alone)."""
 
     gpu_gb_s: float | None = None
     host_gb_s: float = 40.0   # weights the CPU reads from RAM (llama.cpp, 16-core host: ~39)
     pcie_gb_s: float = 25.0   # pinned host -> GPU copies (PCIe 4.0 x16 in practice; 5.0 about twice)
     measured: str = ""
+    cpu_share_gb_s: float = 0.0
 
 
 # Experts kept in RAM are read by the GPU's kernels in place, across PCIe, at this share of the copy rate
@@ -399,9 +401,10 @@ def _decode_tok_s(mb: ModelBytes, lay: _Layout, gpu_gb_s: float, bw: Bandwidths)
     gpu = dense + on_gpu_experts + (lm if lay.lm_head == "gpu" else 0)
     host = lm if lay.lm_head == "cpu" else 0
     crossings = (lay.lm_head == "cpu") + (lay.embedding == "cpu")
-    pcie = in_ram_experts + crossings * 2 * mb.hidden * 2  # routed experts read in place; hidden states
+    in_place = bw.pcie_gb_s * IN_PLACE_FRACTION * 1e9
+    # routed experts in RAM: the GPU reads its columns in place while the CPU computes the rest, both at once
     seconds = (gpu / (gpu_gb_s * 1e9) + host / (bw.host_gb_s * 1e9)
-               + pcie / (bw.pcie_gb_s * IN_PLACE_FRACTION * 1e9))
+               + in_ram_experts / (in_place + bw.cpu_share_gb_s * 1e9) + crossings * 2 * mb.hidden * 2 / in_place)
     return 1.0 / seconds
 
 
@@ -534,8 +537,10 @@ def _explain(mb: ModelBytes, s: _Search, wishes: Wishes) -> list[str]:
                      f"system RAM, as llama.cpp --n-cpu-moe {n} keeps them on the CPU; here the GPU reads each "
                      f"token's {round(mb.active_experts * mb.num_experts)} routed experts of those layers across "
                      f"PCIe ({per_token / 1e6:.0f} MB a token at ~{bw.pcie_gb_s * IN_PLACE_FRACTION:.0f} GB/s, "
-                     f"{rate}), which bounds decode speed; experimental: GPTOSS_CPU_EXPERTS=auto (the "
-                     f"cpu-experts extra) has the CPU compute part of each of those experts meanwhile")
+                     f"{rate}) while the CPU computes part of each of those experts ("
+                     + (f"~{bw.cpu_share_gb_s:.0f} GB/s as last timed here" if bw.cpu_share_gb_s else
+                        "timed at the first load; the estimate leaves it out until then")
+                     + "); together they bound decode speed (GPTOSS_CPU_EXPERTS=0 leaves it all to the GPU)")
     if on_gpu and lay.lm_head == "cpu":
         notes.append("lm_head in system RAM and computed on the CPU: the last step before running CPU-only")
     if wishes.context is not None:
@@ -695,4 +700,6 @@ def remembered_bandwidths(hardware: Hardware) -> Bandwidths:
         bw = replace(bw, gpu_gb_s=got.gpu_copy_gb_s * GPU_EFFICIENCY)
     if got.h2d_gb_s:
         bw = replace(bw, pcie_gb_s=got.h2d_gb_s, measured=got.date)
+    if got.cpu_share_gb_s:
+        bw = replace(bw, cpu_share_gb_s=got.cpu_share_gb_s)
     return bw

@@ -1,10 +1,11 @@
 """Bandwidths this machine measured, remembered between runs, so a plan shown before any download can estimate
 speed from this machine's own numbers (issue 9).
 
-Two rates matter: the GPU's copy bandwidth (it bounds decode while every weight is on the GPU) and the pinned
-host->GPU rate over PCIe (it bounds decode once experts stay in RAM: the GPU reads each token's routed experts of
-those layers across the bus). ``gptoss bench`` measures both; loading a model whose plan keeps experts in RAM
-measures the host->GPU rate the first time. They are kept per GPU name in ``speeds.json`` in the user cache
+Three rates matter: the GPU's copy bandwidth (it bounds decode while every weight is on the GPU), the pinned
+host->GPU rate over PCIe and the rate at which the CPU computes its share of experts kept in RAM (together they
+bound decode once experts stay in RAM: the GPU reads part of each token's routed experts of those layers across the
+bus while the CPU computes the rest, engine/cpu_share.py). ``gptoss bench`` measures the first two; loading a model
+whose plan keeps experts in RAM measures the host->GPU rate the first time and times the CPU share every time. They are kept per GPU name in ``speeds.json`` in the user cache
 directory; remembering is best effort (a read-only cache only means the next plan assumes again).
 """
 
@@ -25,6 +26,7 @@ class Measured:
 
     gpu_copy_gb_s: float | None = None  # device-to-device copy
     h2d_gb_s: float | None = None  # pinned host memory -> GPU
+    cpu_share_gb_s: float | None = None  # packed expert bytes the CPU share's team computes per second
     date: str = ""  # when the newest of them was measured (ISO date)
 
 
@@ -56,15 +58,17 @@ def recall(gpu_name: str | None) -> Measured | None:
         value = row.get(key)
         return float(value) if isinstance(value, int | float) and value > 0 else None
 
-    measured = Measured(rate("gpu_copy_gb_s"), rate("h2d_gb_s"), str(row.get("date", "")))
-    return measured if measured.gpu_copy_gb_s or measured.h2d_gb_s else None
+    measured = Measured(rate("gpu_copy_gb_s"), rate("h2d_gb_s"), rate("cpu_share_gb_s"), str(row.get("date", "")))
+    return measured if measured.gpu_copy_gb_s or measured.h2d_gb_s or measured.cpu_share_gb_s else None
 
 
-def remember(gpu_name: str, gpu_copy_gb_s: float | None = None, h2d_gb_s: float | None = None) -> None:
-    """Store newly measured rates for ``gpu_name`` (others kept); never raises for an unwritable cache."""
+def remember(gpu_name: str, gpu_copy_gb_s: float | None = None, h2d_gb_s: float | None = None,
+             cpu_share_gb_s: float | None = None) -> None:
+    """Store newly measured rates for ``gpu_name`` (others kept); never raises for an unwritable cache. The CPU
+    share's rate is the host's, kept with the GPU it feeds (one machine, one CPU)."""
     data = _read()
     row = data.get(gpu_name) if isinstance(data.get(gpu_name), dict) else {}
-    for key, value in (("gpu_copy_gb_s", gpu_copy_gb_s), ("h2d_gb_s", h2d_gb_s)):
+    for key, value in (("gpu_copy_gb_s", gpu_copy_gb_s), ("h2d_gb_s", h2d_gb_s), ("cpu_share_gb_s", cpu_share_gb_s)):
         if value:
             row[key] = round(float(value), 1)
     row["date"] = datetime.date.today().isoformat()

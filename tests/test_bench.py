@@ -54,6 +54,10 @@ def test_bench_reports_offloaded_experts(tiny_model_dir: Path) -> None:
     assert o["cpu_experts_per_token"] > 0 and o["pcie_bytes_per_token"] >= 0 and 0 <= o["hit_rate"] <= 1
     assert "computed on the CPU" in str(render(result).caption)
     assert json.loads(json.dumps(result.to_dict()))["offload"]["layers"] == 2
+    assert o["cpu_share_split"] is None and o["cpu_share_gb_s"] is None  # no in-place decode on the CPU
+    o.update(cpu_share_split=1888, cpu_share_gb_s=23.4, cpu_bytes_per_token=437e6)  # as a GPU run with a share
+    assert "437 MB of experts a token read by the CPU (columns from 1888 on, 23.4 GB/s timed at load)" in \
+        str(render(result).caption)
 
 
 def test_bench_vram_cap_needs_a_cuda_device() -> None:

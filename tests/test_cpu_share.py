@@ -17,8 +17,7 @@ from gptoss_kernels import moe as moe_kernels  # noqa: E402
 from gptoss_kernels.moe import HostExchange  # noqa: E402
 
 from gptoss_cli.engine import cpu_experts  # noqa: E402
-from gptoss_cli.engine.cpu_share import CpuShare, split_for  # noqa: E402
-from gptoss_cli.engine.offload import OffloadCosts  # noqa: E402
+from gptoss_cli.engine.cpu_share import CpuShare, calibrated, split_for  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -112,14 +111,32 @@ def test_split_for_rounds_to_whole_groups_and_leaves_both_sides_work() -> None:
     assert split_for(0.9, 64) == 32
 
 
-def test_share_fraction_balances_pcie_and_cpu() -> None:
-    """In-place PCIe runs at 85 % of the copy rate: a CPU as fast as that takes half, one a third as fast a quarter
-    (both sides then finish together), one that cannot keep up almost nothing."""
-    assert OffloadCosts(pcie_bytes_s=50e9, cpu_bytes_s=50e9 * 0.85).share_fraction(52_000_000) == pytest.approx(0.5)
-    assert OffloadCosts(pcie_bytes_s=50e9, cpu_bytes_s=50e9 * 0.85 / 3).share_fraction(52_000_000) == \
-        pytest.approx(0.25)
-    assert OffloadCosts(pcie_bytes_s=50e9, cpu_bytes_s=1e6).share_fraction(52_000_000) < 1e-3
-    assert OffloadCosts(pcie_bytes_s=50e9, cpu_bytes_s=0.0).share_fraction(52_000_000) == 0.0
+def test_calibration_moves_the_split_to_where_both_sides_finish_together() -> None:
+    """``calibrated`` times a first team, then starts one where the measured CPU rate and the GPU's rate balance
+    (CPU fraction cpu / (cpu + gpu)), closing the teams it does not keep; a CPU too slow to matter gets none."""
+    I, layer_bytes, gpu = 2880, 52_000_000, 45e9
+    teams = []
+
+    class Team:  # a team whose requests take their bytes at ``rate`` plus a fixed 30 us
+        def __init__(self, split: int, rate: float) -> None:
+            self.split, self.rate, self.closed, self.bytes_s = split, rate, False, None
+            teams.append(self)
+
+        def time_requests(self) -> float:
+            return 30e-6 + layer_bytes * (I - self.split) / I / self.rate
+
+        def close(self) -> None:
+            self.closed = True
+
+    for rate, want in ((45e9, 0.5), (15e9, 0.25), (90e9, 2 / 3)):
+        teams.clear()
+        share = calibrated(lambda split, rate=rate: Team(split, rate), I, layer_bytes, gpu)
+        assert share is teams[-1] and not share.closed and all(t.closed for t in teams[:-1]) and len(teams) <= 3
+        assert abs((I - share.split) / I - want) < 0.05  # two groups of slack, and the fixed cost slows the CPU
+        assert share.bytes_s == pytest.approx(rate, rel=0.1)
+    teams.clear()
+    assert calibrated(lambda split: Team(split, 1e9), I, layer_bytes, gpu) is None
+    assert teams and all(t.closed for t in teams)
 
 
 def test_an_idle_worker_sleeps_and_still_answers(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,10 +183,11 @@ def test_decode_step_with_a_cpu_share_gives_the_logits_of_the_step_without() -> 
     share = CpuShare.start(host, layers, 32, cfg.num_experts_per_tok, torch.float32, DEVICE, cfg.swiglu_alpha,
                            cfg.swiglu_limit, threads=2)
     try:
+        assert share.time_requests(rounds=2) > 0  # as at load: the step's requests count on from these
         got = engine.model.logits(decode_step(engine.model, x, pos, engine.cache, 32, cpu_share=share.slots()))[0]
     finally:
         share.close()
-    assert share.exchange.dones.tolist() == [1, 1]  # both shared layers went through the worker
+    assert share.exchange.dones.tolist() == [3, 3]  # both shared layers went through the worker
     assert (got - want).abs().max().item() < 1e-3
 
 
@@ -191,3 +209,29 @@ def test_a_closed_share_stops_decode_with_a_clear_error() -> None:
     off.close()
     with pytest.raises(GptossError, match="share stopped"):
         off.check_share()
+
+
+def test_the_share_at_load_is_timed_on_the_models_experts_and_kept_only_where_it_pays() -> None:
+    """start_share (unset GPTOSS_CPU_EXPERTS: measure) against a link far slower than the CPU gives the CPU all but
+    one group of each expert; against a link far faster, no share and a note saying why."""
+    from gptoss_cli.engine.generator import load_random
+    from gptoss_cli.engine.offload import OffloadCosts, with_offload
+    from gptoss_cli.model.config import GptOssConfig
+    from gptoss_cli.model.random_weights import tiny_config_dict
+
+    cfg = GptOssConfig.from_dict(tiny_config_dict())
+    I = cfg.intermediate_size
+    engine = load_random(cfg, device="cpu", dtype=torch.float32, fast=False, graphs=False, context_length=64)
+    off = with_offload(engine.model, 0, [0, 2], costs=OffloadCosts(pcie_bytes_s=1.0, cpu_bytes_s=1.0))
+    assert off.share is None and off.share_fraction is None  # no in-place decode on the CPU: nothing started
+    off.start_share()
+    try:
+        assert off.share is not None and off.share.alive and off.share.exchange.split == 32 and not off.notes
+        assert off.share.bytes_s > 0 and off.share.exchange.flags.tolist() == off.share.exchange.dones.tolist()
+    finally:
+        off.close()
+    off.share = None
+    off.costs = OffloadCosts(pcie_bytes_s=1e30, cpu_bytes_s=1.0)
+    off.start_share()
+    assert off.share is None and off.notes == ["CPU expert share off: this CPU would take under 5% of each expert"]
+    assert I > 32

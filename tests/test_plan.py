@@ -100,7 +100,7 @@ def test_120b_on_24gb_vram_and_96gb_ram_runs_with_experts_in_ram() -> None:
     assert p.context_length >= COMFORTABLE_CONTEXT
     offloaded = 36 - len(p.experts_on_gpu)
     assert any(f"--n-cpu-moe {offloaded}" in n for n in p.notes)
-    assert any("GPTOSS_CPU_EXPERTS=auto" in n for n in p.notes)  # the opt-in CPU share is pointed out
+    assert any("the CPU computes part of each of those experts" in n for n in p.notes)  # the CPU share, on by default
 
 
 @pytest.mark.parametrize("model", MODELS)

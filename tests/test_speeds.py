@@ -63,3 +63,24 @@ def test_plan_for_estimates_from_the_rates_this_gpu_measured() -> None:
     assert measured.experts_on_gpu == assumed.experts_on_gpu  # rates change the estimate, not the placement
     given = plan_for("gpt-oss-20b", hw, Wishes(bandwidths=Bandwidths(pcie_gb_s=25.0, gpu_gb_s=300.0)))
     assert not any("measured on this machine" in n for n in given.notes)
+
+
+def test_a_remembered_cpu_share_rate_raises_the_estimate_with_experts_in_ram() -> None:
+    """The CPU share's rate, timed at a load on this machine, adds to the GPU's in-place PCIe rate for the experts
+    kept in RAM; the note says which it used."""
+    hw = _machine(8)
+    speeds.remember(RTX, gpu_copy_gb_s=450.0, h2d_gb_s=25.0)
+    gpu_only = plan_for("gpt-oss-20b", hw)
+    assert any("timed at the first load; the estimate leaves it out" in n for n in gpu_only.notes)
+    speeds.remember(RTX, cpu_share_gb_s=21.25)
+    got = speeds.recall(RTX)
+    assert got is not None and (got.h2d_gb_s, got.cpu_share_gb_s) == (25.0, 21.2)
+    shared = plan_for("gpt-oss-20b", hw)
+    assert any("~21 GB/s as last timed here" in n for n in shared.notes)
+    assert shared.experts_on_gpu == gpu_only.experts_on_gpu and shared.est_decode_tok_s > gpu_only.est_decode_tok_s
+    config = official_config("gpt-oss-20b")
+    both = Bandwidths(gpu_gb_s=450.0 * GPU_EFFICIENCY, pcie_gb_s=25.0, cpu_share_gb_s=21.2)
+    wide = Bandwidths(gpu_gb_s=450.0 * GPU_EFFICIENCY, pcie_gb_s=25.0 + 21.2 / 0.85)  # one link as fast as both
+    assert make_plan(config, tensor_sizes(config), hw, Wishes(bandwidths=both)).est_decode_tok_s == \
+        pytest.approx(make_plan(config, tensor_sizes(config), hw, Wishes(bandwidths=wide)).est_decode_tok_s,
+                      rel=0.02)

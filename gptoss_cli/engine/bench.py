@@ -162,12 +162,13 @@ def run_bench(engine: Engine, name: str, prompts: list[int], depths: list[int], 
 
 def offload_summary(off: ExpertOffload, moved: dict[str, int]) -> dict:
     """Per decode token: PCIe bytes, CPU-computed experts (the staging path) and expert bytes the CPU read (the
-    in-graph share), cache hit rate; plus the measured costs and the share's split."""
+    in-graph share), cache hit rate; plus the measured costs, the share's split and its team's rate timed at load."""
     n = max(moved["tokens"], 1)
     routed = moved["hits"] + moved["misses"]
     return {"layers": len(off.layers), "cache_slots": off.capacity,
             "pcie_bytes_per_token": moved["bytes_from_host"] / n, "cpu_experts_per_token": moved["cpu_experts"] / n,
             "cpu_bytes_per_token": moved["cpu_bytes"] / n,
             "cpu_share_split": off.share.exchange.split if off.share else None,
+            "cpu_share_gb_s": off.share.bytes_s / 1e9 if off.share and off.share.bytes_s else None,
             "hit_rate": moved["hits"] / routed if routed else 0.0,
             "cpu_fraction": off.cpu_fraction, "costs": off.costs.to_dict() if off.costs else None}

@@ -17,11 +17,17 @@ The work is split over a team of threads (``team_size``), each in its own numba 
 they split every request statically and meet at spin barriers, because waking a threading layer's sleeping threads
 through the OS for each request cost more than the request (measured on the H200 host: 2.5x the isolated time).
 The team polls without pause while decode runs and sleeps between polls once idle, so an idle chat costs no core.
+
+The split is chosen at load (``calibrated``): a first team is timed on the model's own experts, the calling thread
+standing in for the GPU, and the split moves to where that rate and the GPU's in-place PCIe rate finish together
+(H200 host: ~40–45 GB/s for the team of 14 threads against ~47 GB/s in place, so about half of each expert each).
 """
 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -35,12 +41,15 @@ if TYPE_CHECKING:  # the kernels need Triton; the engine loads without it (then 
 
 # empty scans of the flags (tens of ns each for 24 layers: ~50 ms in all) before a worker sleeps between scans
 HOT_SCANS = 2_000_000
+# below this share of each expert a team of spinning threads is not worth its cores
+MIN_FRACTION = 0.05
 
 
 def team_size() -> int:
     """Worker threads: every core but two, one for the thread driving the GPU and one for everything else on the
     machine. The team meets at spin barriers, so a worker that loses its core to another process stalls all of
-    them (a precaution: runs on the H200 host with every core busy were erratic, with a hand-off race since fixed)."""
+    them (a precaution: runs on the H200 host with every core busy were erratic, with a hand-off race since
+    fixed; with two cores free three machine starts in a row measured steady)."""
     return max(1, cpu_experts.default_threads() - 1)
 
 
@@ -66,6 +75,7 @@ class CpuShare:
     _stop: np.ndarray = field(default_factory=lambda: np.zeros(1, dtype=np.int32))
     _team: list[threading.Thread] = field(default_factory=list)
     error: str | None = None  # why a worker stopped, if one failed
+    bytes_s: float | None = None  # the team's measured rate in packed expert bytes per second (``calibrated``)
 
     @classmethod
     def start(cls, host: dict[int, cpu_experts.HostExperts], layers: list[int], split: int, top_k: int,
@@ -110,6 +120,30 @@ class CpuShare:
         except BaseException as exc:  # noqa: BLE001 - reported through .error and the GPU's NaN, not a dead thread
             self.error = f"{type(exc).__name__}: {exc}"
 
+    def time_requests(self, rounds: int = 2, seed: int = 0, timeout_s: float = 10.0) -> float:
+        """Median seconds the team takes for one request, the calling thread standing in for the GPU: every slot in
+        turn, ``rounds`` times, gets random routing and input and is waited for. Called before the first decode
+        step; afterwards the GPU's request counts continue from the ones used here."""
+        ex = self.exchange
+        flags, dones, ids, wts, xs = (t.numpy() for t in (ex.flags, ex.dones, ex.ids, ex.wts, ex.xs))
+        experts = self._args[8][0].shape[0]  # the first slot's gate_up blocks: [E, 2I, G, 16]
+        rng = np.random.default_rng(seed)
+        times = []
+        for _ in range(rounds):
+            for slot in range(len(self.layers)):
+                ids[slot] = np.sort(rng.choice(experts, ids.shape[1], replace=False))[::-1]
+                wts[slot] = 1.0 / ids.shape[1]
+                xs[slot] = rng.standard_normal(xs.shape[1], dtype=np.float32)
+                seq = int(flags[slot]) + 1
+                t0 = time.perf_counter()
+                flags[slot] = seq  # after the inputs: x86 keeps stores in order, and the workers load with acquire
+                while dones[slot] != seq:
+                    if time.perf_counter() - t0 > timeout_s or not self.alive:
+                        raise RuntimeError(f"the CPU share did not answer a request ({self.error or 'timed out'})")
+                times.append(time.perf_counter() - t0)
+        ex.seq.copy_(ex.flags)
+        return float(np.median(times))
+
     def slots(self) -> dict[int, tuple[HostExchange, int]]:
         """Layer index -> (exchange, slot), as decode_step takes them."""
         return {layer: (self.exchange, slot) for slot, layer in enumerate(self.layers)}
@@ -129,3 +163,27 @@ class CpuShare:
         for thread in self._team:
             thread.join()
         self._team.clear()
+
+
+def calibrated(start: Callable[[int], CpuShare], intermediate: int, layer_bytes: int, gpu_bytes_s: float,
+               first_fraction: float = 0.3, starts: int = 3) -> CpuShare | None:
+    """A running share whose split lets the GPU (reading its columns in place at ``gpu_bytes_s``) and the team
+    finish together, or None where the CPU's part would be under MIN_FRACTION. ``start(split)`` starts a team; the
+    first starts at ``first_fraction`` and is timed (``time_requests``); the balance of the two rates gives the
+    CPU ``f = cpu / (cpu + gpu)`` of each expert, and a team more than 2.5 % of the columns off that split (two
+    groups of gpt-oss's) is closed and a new one started there and timed (at most ``starts`` teams).
+    ``layer_bytes``: the packed bytes of a layer's routed experts."""
+    split = split_for(first_fraction, intermediate)
+    share, teams = start(split), 1
+    while True:
+        seconds = share.time_requests()
+        share.bytes_s = layer_bytes * (intermediate - split) / intermediate / seconds
+        fraction = share.bytes_s / (share.bytes_s + gpu_bytes_s)
+        best = split_for(fraction, intermediate) if fraction >= MIN_FRACTION else intermediate
+        if best < intermediate and (abs(best - split) <= 0.025 * intermediate or teams == starts):
+            return share
+        share.close()
+        if best >= intermediate:
+            return None
+        split = best
+        share, teams = start(split), teams + 1

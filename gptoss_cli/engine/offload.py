@@ -13,16 +13,16 @@ the cache's GPU slots when they are there (a device copy), else from pinned RAM 
 least recently used out). The regular MoE kernels then run on the staging buffer, so offloaded layers compute
 exactly what resident ones do; a chunk streams each needed expert to the GPU once.
 
-A CPU share (opt-in: ``GPTOSS_CPU_EXPERTS=auto`` lets ``OffloadCosts`` balance PCIe and CPU rates measured once
-per process, a fraction in [0, 1] forces one) lets the CPU work on the experts where their bytes already are.
-With in-place decode it stays inside the CUDA graph (engine/cpu_share.py): the GPU computes each routed expert's
-intermediate columns [0, split) over PCIe while a team of CPU threads computes [split, I), handed over through
-pinned flags. On the H200 host it measured 42.2 vs 36.1 tok/s (20b, 4 GiB) and 71.5 vs 60.1 (8 GiB) on one machine
-start, 40.5 vs 33.4 for 120b at 24 GiB; other starts were erratic (a race in the hand-off, since fixed and not
-re-measured, and a host CPU that measured slow), so it is off by default (BENCHMARKS.md). Without in-place decode
-(the torch reference path), a one-token call instead stages the misses the GPU takes and a worker thread computes
-the others with engine/cpu_experts.py while the main thread waits for it every layer (no CUDA graphs then); a
-CPU-computed expert is staged as zeros with zero biases, so it adds exactly 0 on the GPU.
+The CPU works on the experts where their bytes already are (engine/cpu_share.py). With in-place decode, by default,
+it stays inside the CUDA graph: the GPU computes each routed expert's intermediate columns [0, split) over PCIe while
+a team of CPU threads computes [split, I), handed over through pinned flags; the split is where the team's rate,
+timed at load on the model's own experts, and the GPU's in-place PCIe rate finish together (H200 host: 55.4 vs
+35.1 tok/s for 20b at 4 GiB, 87.5 vs 59.5 at 8 GiB, 53.5 for 120b at 24 GiB; BENCHMARKS.md).
+``GPTOSS_CPU_EXPERTS=0`` turns it off, a fraction in [0, 1] forces one. Without in-place decode (the torch
+reference path) a one-token call can instead stage the misses the GPU takes while a worker thread computes the
+others with engine/cpu_experts.py and the main thread waits for it every layer (no CUDA graphs then; measured
+slower than copying, so only with ``GPTOSS_CPU_EXPERTS`` set); a CPU-computed expert is staged as zeros with zero
+biases, so it adds exactly 0 on the GPU.
 
 Not done here: the in-place decode does not consult the GPU cache (it serves prefill), so every routed expert of an
 offloaded layer crosses PCIe each token (a model whose routing repeats would gain from a cache there).
@@ -50,7 +50,7 @@ from ..model.config import GptOssConfig
 from ..model.transformer import GptOss, Layer, Ops
 from ..plan import IN_PLACE_FRACTION
 from . import cpu_experts
-from .cpu_share import CpuShare, split_for
+from .cpu_share import MIN_FRACTION, CpuShare, calibrated, split_for
 
 CPU_EXPERTS_ENV = "GPTOSS_CPU_EXPERTS"
 
@@ -105,15 +105,6 @@ class OffloadCosts:
             return max(cpu, pcie)
 
         return min(range(misses + 1), key=lambda n: (finish(n), n))
-
-    def share_fraction(self, layer_bytes: int) -> float:
-        """For in-place decode (engine/cpu_share.py): the share f of a layer's routed expert bytes for the CPU so
-        that both sides finish together, ``(1 - f) * B / in-place PCIe = f * B / cpu``. No call cost: the share's
-        team is already spinning (``cpu_call_s`` is a thread pool's start-up, which it does not pay)."""
-        if self.cpu_bytes_s <= 0 or self.pcie_bytes_s <= 0 or layer_bytes <= 0:
-            return 0.0
-        gpu_s = layer_bytes / (self.pcie_bytes_s * IN_PLACE_FRACTION)
-        return gpu_s / (gpu_s + layer_bytes / self.cpu_bytes_s)
 
     def to_dict(self) -> dict:
         return {"pcie_gb_s": self.pcie_bytes_s / 1e9, "cpu_gb_s": self.cpu_bytes_s / 1e9,
@@ -179,18 +170,19 @@ def measure_costs(device: torch.device | str, hidden: int = 2880, intermediate: 
     return _MEASURED[key]
 
 
-def _fraction_from_env() -> float | None:
-    """``GPTOSS_CPU_EXPERTS``: a fraction of misses for the CPU, "auto" (None: the cost model decides), or unset /
-    "0" / "off" (every miss crosses PCIe, the default)."""
+def _fraction_from_env() -> tuple[float | None, bool]:
+    """``GPTOSS_CPU_EXPERTS``: (a fraction in [0, 1], or None for "auto": measured here; whether it was set).
+    Unset means "auto" for the in-graph share of in-place decode and 0 for the staging path's CPU experts;
+    "0" / "off" turns both off."""
     raw = os.environ.get(CPU_EXPERTS_ENV, "").strip().lower()
-    if raw == "auto":
-        return None
-    if raw in ("", "off", "no", "false"):
-        return 0.0
+    if raw in ("", "auto"):
+        return None, raw == "auto"
+    if raw in ("off", "no", "false"):
+        return 0.0, True
     try:
-        return min(1.0, max(0.0, float(raw)))
+        return min(1.0, max(0.0, float(raw))), True
     except ValueError:
-        return None
+        return None, True
 
 
 class ExpertOffload:
@@ -202,10 +194,12 @@ class ExpertOffload:
                  cpu_threads: int | None = None, concurrent: bool | None = None) -> None:
         """``layers`` defaults to those whose experts are not on the compute device (as the plan placed them).
 
-        CPU experts: ``cpu_fraction`` forces the share of decode misses computed on the CPU (0: none, 1: all);
-        else ``costs`` decides; with neither, ``GPTOSS_CPU_EXPERTS`` (default 0; "auto": costs measured here on a
-        CUDA device with numba installed). ``concurrent``: run the CPU experts on a worker thread while the device
-        works (default: on CUDA; on a CPU device both sides would only compete for the same cores)."""
+        CPU experts: ``cpu_fraction`` forces the CPU's share (0: none, 1: all) of decode misses (staging path) or
+        of each expert (in-place decode's in-graph share); else ``costs`` decides; with neither,
+        ``GPTOSS_CPU_EXPERTS`` (unset: the in-graph share measures its split at start, the staging path computes
+        nothing on the CPU; "auto": costs measured here on a CUDA device with numba installed). ``concurrent``: run
+        the CPU experts on a worker thread while the device works (default: on CUDA; on a CPU device both sides
+        would only compete for the same cores)."""
         self.model, cfg, dev = model, model.cfg, model.device
         self.layers = layers if layers is not None else [
             i for i, layer in enumerate(model.layers) if layer.gate_up_blocks.device != dev]
@@ -235,15 +229,18 @@ class ExpertOffload:
         self.stats = OffloadStats()
         self.zeroed: set[int] = set()  # staging entries that hold an all-zero expert right now
 
+        share_fraction = cpu_fraction
         if cpu_fraction is None and costs is None:
-            cpu_fraction = _fraction_from_env()
+            share_fraction, chosen = _fraction_from_env()
+            cpu_fraction = share_fraction if chosen else 0.0
         if cpu_fraction is None and costs is None:
             if dev.type == "cuda" and self.layers and cpu_experts.kernels() is not None:
                 costs = measure_costs(dev, cfg.hidden_size, cfg.intermediate_size, cpu_threads,
                                       sample=self.host[self.layers[0]])
             else:
                 cpu_fraction = 0.0
-        self.cpu_fraction = cpu_fraction  # None: the cost model decides
+        self.cpu_fraction = cpu_fraction  # the staging path's CPU share of misses; None: the cost model decides
+        self.share_fraction = share_fraction  # in-place decode's in-graph share; None: measured at start_share
         self.costs = costs
         self.cpu_threads = cpu_threads or (costs.cpu_threads if costs else cpu_experts.default_threads())
         self.concurrent = dev.type == "cuda" if concurrent is None else concurrent
@@ -323,8 +320,7 @@ class ExpertOffload:
 
     def moe(self, x: torch.Tensor, layer: Layer, cfg: GptOssConfig, index: int, inner: Ops) -> torch.Tensor:
         self.stats.calls += 1
-        if self.in_place and x.shape[0] <= self._decode_max_tokens and (self.cpu_fraction == 0
-                                                                        or self.share is not None):
+        if self.in_place and x.shape[0] <= self._decode_max_tokens:
             self.count_in_place(x.shape[0], layers=1)
             return inner.moe(x, layer, cfg)
         logits = self._router_logits(x, layer, inner)
@@ -384,23 +380,35 @@ class ExpertOffload:
         return (out.float() + torch.from_numpy(y).to(out.device)).to(x.dtype)
 
     def start_share(self) -> None:
-        """Start the CPU worker for in-place decode (engine/cpu_share.py) with the configured share (a fraction,
-        or the measured costs' balance); on failure, a note says why and decode reads everything over PCIe."""
+        """Start the CPU team for in-place decode (engine/cpu_share.py): at the configured fraction, or (the default)
+        at the split where the team's rate, timed here on this model's experts, and the GPU's in-place PCIe rate
+        finish together. A note says why when none starts; decode then reads everything over PCIe."""
         cfg = self.model.cfg
-        if self.cpu_fraction is not None:
-            fraction = self.cpu_fraction
-        else:
-            fraction = self.costs.share_fraction(cfg.num_experts_per_tok * self.expert_bytes) if self.costs else 0.0
-        split = split_for(fraction, cfg.intermediate_size)
-        if split >= cfg.intermediate_size:
-            return
+        I = cfg.intermediate_size
+
+        def start(split: int) -> CpuShare:
+            return CpuShare.start(self.host, self.layers, split, cfg.num_experts_per_tok, self.model.dtype,
+                                  self.model.device, cfg.swiglu_alpha, cfg.swiglu_limit)
+
         try:
-            self.share = CpuShare.start(self.host, self.layers, split, cfg.num_experts_per_tok, self.model.dtype,
-                                        self.model.device, cfg.swiglu_alpha, cfg.swiglu_limit)
+            if self.share_fraction is not None:
+                split = split_for(self.share_fraction, I)
+                self.share = start(split) if split < I else None
+            else:
+                pcie = self.costs.pcie_bytes_s if self.costs else measure_h2d(self.model.device)
+                self.share = calibrated(start, I, cfg.num_experts_per_tok * self.expert_bytes,
+                                        pcie * IN_PLACE_FRACTION)
+                if self.share is None:
+                    self.notes.append("CPU expert share off: this CPU would take under "
+                                      f"{MIN_FRACTION:.0%} of each expert")
+                elif self.model.device.type == "cuda":  # for the next plan's estimate (speeds.py)
+                    speeds.remember(torch.cuda.get_device_name(self.model.device),
+                                    cpu_share_gb_s=self.share.bytes_s / 1e9)
         except (RuntimeError, ValueError, ImportError) as exc:
             self.notes.append(f"CPU expert share off: {exc}")
-            return
-        weakref.finalize(self, self.share.close)
+            self.share = None
+        if self.share is not None:
+            weakref.finalize(self, self.share.close)
 
     def check_share(self) -> None:
         """Refuse to decode on a CPU share whose workers are gone: the GPU would wait ~1 s a layer, then compute NaN."""
@@ -440,10 +448,10 @@ def with_offload(model: GptOss, cache_slots: int, layers: list[int] | None = Non
             return offload.moe(x, layer, cfg, i, inner)
         return inner.moe(x, layer, cfg)
 
-    if offload.in_place and offload.cpu_fraction != 0:
+    if offload.in_place and offload.share_fraction != 0:
         offload.start_share()
-    # decode stays graph-capturable when it reads experts in place and a CPU share, if any, is the in-graph one
-    graph_safe = inner.graph_safe and offload.in_place and (offload.cpu_fraction == 0 or offload.share is not None)
+    # decode stays graph-capturable when it reads experts in place (a CPU share, if any, is the in-graph one)
+    graph_safe = inner.graph_safe and offload.in_place
     decode_step = inner.decode_step
     if offload.share is not None:
         decode_step = partial(decode_step, cpu_share=offload.share.slots())
