@@ -220,10 +220,9 @@ def test_the_share_at_load_is_timed_on_the_models_experts_and_kept_only_where_it
     from gptoss_cli.model.random_weights import tiny_config_dict
 
     cfg = GptOssConfig.from_dict(tiny_config_dict())
-    I = cfg.intermediate_size
-    engine = load_random(cfg, device="cpu", dtype=torch.float32, fast=False, graphs=False, context_length=64)
-    off = with_offload(engine.model, 0, [0, 2], costs=OffloadCosts(pcie_bytes_s=1.0, cpu_bytes_s=1.0))
-    assert off.share is None and off.share_fraction is None  # no in-place decode on the CPU: nothing started
+    engine = load_random(cfg, device=DEVICE.type, dtype=torch.float32, fast=False, graphs=False, context_length=64)
+    off = with_offload(engine.model, 0, [0, 2], cpu_fraction=0.0)  # no share yet (a GPU would start one here)
+    off.share_fraction, off.costs = None, OffloadCosts(pcie_bytes_s=1.0, cpu_bytes_s=1.0)
     off.start_share()
     try:
         assert off.share is not None and off.share.alive and off.share.exchange.split == 32 and not off.notes
@@ -234,4 +233,29 @@ def test_the_share_at_load_is_timed_on_the_models_experts_and_kept_only_where_it
     off.costs = OffloadCosts(pcie_bytes_s=1e30, cpu_bytes_s=1.0)
     off.start_share()
     assert off.share is None and off.notes == ["CPU expert share off: this CPU would take under 5% of each expert"]
-    assert I > 32
+
+
+def test_a_share_that_does_not_answer_at_load_is_turned_off_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    """start_share sends one token through the first offloaded layer with and without the team before any decode:
+    a team that never answers (as where the GPU and the CPU do not see each other's pinned writes) is closed, and
+    decode goes on with the GPU alone."""
+    from gptoss_cli.engine import offload as offload_module
+    from gptoss_cli.engine.generator import load_random
+    from gptoss_cli.model.config import GptOssConfig
+    from gptoss_cli.model.random_weights import tiny_config_dict
+
+    cfg = GptOssConfig.from_dict(tiny_config_dict())
+    engine = load_random(cfg, device=DEVICE.type, dtype=torch.float32, fast=False, graphs=False, context_length=64)
+    off = offload_module.with_offload(engine.model, 0, [1], cpu_fraction=0.0)
+    off.share_fraction, off.costs = None, offload_module.OffloadCosts(1.0, 1.0)
+
+    def silent(start, *args, **kwargs) -> CpuShare:
+        share = start(32)
+        share.close()  # the team is gone: nobody serves the exchange
+        share.exchange.max_polls = 10
+        return share
+
+    monkeypatch.setattr(offload_module, "calibrated", silent)
+    off.start_share()
+    assert off.share is None
+    assert off.notes == ["CPU expert share off: the GPU got no answer from the CPU team (pinned-memory flags not seen)"]

@@ -7,6 +7,7 @@ See cpu_experts.py for the decode and the precision rules, cpu_share.py for ``se
 from __future__ import annotations
 
 import os
+import platform
 import sys
 
 import numpy as np
@@ -295,6 +296,23 @@ else:
     _SLEEP, _SLEEP_ARG = types.ExternalFunction("usleep", types.int32(types.uint32)), 200
     _YIELD = types.ExternalFunction("sched_yield", types.int32())
 _SPINS_BEFORE_YIELD = 4096  # at a barrier: a teammate that lost its core gets it back sooner
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686", "x86")
+
+
+@intrinsic
+def _pause(typingctx):
+    """A spin-wait hint (x86 ``pause``; nothing elsewhere): a spinning thread leaves its core's issue slots to a
+    hyper-thread sibling that may be a teammate doing the work, and leaves the loop without a memory-order stall."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if _X86:
+            fn = cgutils.get_or_insert_function(builder.module, _llvm_ir.FunctionType(_llvm_ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(inline="always")
@@ -374,6 +392,8 @@ def serve_part(k, team, flags, dones, stop, counters, ids, wts, xs, outs, gu_blo
                 idle += 1
                 if idle > hot_scans:
                     _SLEEP(_SLEEP_ARG)
+                else:
+                    _pause()
         idle = 0
         seq = _load_acquire(flags, slot)
         served += 1
@@ -385,6 +405,7 @@ def serve_part(k, team, flags, dones, stop, counters, ids, wts, xs, outs, gu_blo
         while _load_acquire(counters, 0) < target:
             if _load_acquire(stop, 0) != 0:
                 return served
+            _pause()
             spins += 1
             if spins % _SPINS_BEFORE_YIELD == 0:
                 _YIELD()
@@ -396,6 +417,7 @@ def serve_part(k, team, flags, dones, stop, counters, ids, wts, xs, outs, gu_blo
             while _load_acquire(dones, slot) != seq:
                 if _load_acquire(stop, 0) != 0:
                     return served
+                _pause()
                 spins += 1
                 if spins % _SPINS_BEFORE_YIELD == 0:
                     _YIELD()

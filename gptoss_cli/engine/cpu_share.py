@@ -39,7 +39,7 @@ from . import cpu_experts
 if TYPE_CHECKING:  # the kernels need Triton; the engine loads without it (then no share starts)
     from gptoss_kernels.moe import HostExchange
 
-# empty scans of the flags (tens of ns each for 24 layers: ~50 ms in all) before a worker sleeps between scans
+# empty scans of the flags (each ~50-100 ns with its pause, for 24 layers: ~0.1-0.2 s in all) before a worker sleeps
 HOT_SCANS = 2_000_000
 # below this share of each expert a team of spinning threads is not worth its cores
 MIN_FRACTION = 0.05

@@ -30,6 +30,7 @@ offloaded layer crosses PCIe each token (a model whose routing repeats would gai
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -401,14 +402,44 @@ class ExpertOffload:
                 if self.share is None:
                     self.notes.append("CPU expert share off: this CPU would take under "
                                       f"{MIN_FRACTION:.0%} of each expert")
-                elif self.model.device.type == "cuda":  # for the next plan's estimate (speeds.py)
-                    speeds.remember(torch.cuda.get_device_name(self.model.device),
-                                    cpu_share_gb_s=self.share.bytes_s / 1e9)
+            if self.share is not None and (why := self._share_disagrees()):
+                self.share.close()
+                self.share = None
+                self.notes.append(f"CPU expert share off: {why}")
+            if self.share is not None and self.share.bytes_s and self.model.device.type == "cuda":
+                # the rate timed here, for the next plan's estimate (speeds.py)
+                speeds.remember(torch.cuda.get_device_name(self.model.device), cpu_share_gb_s=self.share.bytes_s / 1e9)
         except (RuntimeError, ValueError, ImportError) as exc:
             self.notes.append(f"CPU expert share off: {exc}")
             self.share = None
         if self.share is not None:
             weakref.finalize(self, self.share.close)
+
+    def _share_disagrees(self) -> str | None:
+        """Why the running share cannot be trusted, or None: one random token through the first offloaded layer,
+        the GPU alone against the GPU and the team, must give the same MoE output to rounding. Catches a platform
+        where the GPU and the team do not see each other's writes to pinned memory (the GPU would wait ~1 s a
+        layer and give NaN) before any token is decoded."""
+        from gptoss_kernels import moe as moe_kernels
+
+        cfg, dev, dtype = self.model.cfg, self.model.device, self.model.dtype
+        layer = self.model.layers[self.layers[0]]
+        gen = torch.Generator().manual_seed(0)
+        x, res = (torch.randn(1, cfg.hidden_size, generator=gen).to(dev, dtype) for _ in range(2))
+        residual = (res, torch.ones(cfg.hidden_size, device=dev, dtype=dtype), 1e-5)
+        experts = (layer.gate_up_blocks, layer.gate_up_scales, layer.gate_up_bias, layer.down_blocks,
+                   layer.down_scales, layer.down_bias, cfg.num_experts_per_tok, cfg.swiglu_alpha, cfg.swiglu_limit,
+                   residual)
+        routing = moe_kernels.router_logits(x, layer.router_w, layer.router_b)
+        want = moe_kernels.experts_decode(x, routing, *experts)[0].float() - res.float()
+        got = moe_kernels.experts_decode_shared(x, routing, *experts, *self.share.slots()[self.layers[0]])[0]
+        got = got.float() - res.float()
+        err = ((got - want).norm() / want.norm().clamp_min(1e-6)).item()
+        if not math.isfinite(err):
+            return "the GPU got no answer from the CPU team (pinned-memory flags not seen)"
+        if err > 0.05:
+            return f"the CPU team's part disagrees with the GPU's (relative error {err:.2g})"
+        return None
 
     def check_share(self) -> None:
         """Refuse to decode on a CPU share whose workers are gone: the GPU would wait ~1 s a layer, then compute NaN."""
