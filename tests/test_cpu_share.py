@@ -140,18 +140,19 @@ def test_calibration_moves_the_split_to_where_both_sides_finish_together() -> No
 
 
 def test_an_idle_worker_sleeps_and_still_answers(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Past its hot scans the worker sleeps between polls (no core burnt while a chat waits for the user), and the
-    next request is still served."""
+    """Past its hot scans the worker sleeps between polls (no core burnt while a chat waits for the user), then
+    sleeps longer, and the next request is still served."""
     from gptoss_cli.engine import cpu_share
 
     monkeypatch.setattr(cpu_share, "HOT_SCANS", 10)
+    monkeypatch.setattr(cpu_share, "LIGHT_SLEEPS", 5)
     H, I, E, top_k = 64, 64, 4, 2
     x, router_w, router_b, experts, residual, norm_w = _layer(H, I, E, torch.float32, seed=5)
     share = CpuShare.start({0: _host(experts)}, [0], 32, top_k, torch.float32, DEVICE, 1.702, 7.0, threads=1)
     try:
         import time
 
-        time.sleep(0.05)  # thousands of empty scans: the worker is sleeping between polls by now
+        time.sleep(0.05)  # past 10 scans and 5 short sleeps: the worker is in its long sleeps by now
         routing = moe_kernels.router_logits(x.to(DEVICE), router_w.to(DEVICE), router_b.to(DEVICE))
         res, _ = moe_kernels.experts_decode_shared(x.to(DEVICE), routing, *(e.to(DEVICE) for e in experts), top_k,
                                                    1.702, 7.0, (residual.to(DEVICE), norm_w.to(DEVICE), 1e-5),
@@ -259,3 +260,26 @@ def test_a_share_that_does_not_answer_at_load_is_turned_off_with_a_note(monkeypa
     off.start_share()
     assert off.share is None
     assert off.notes == ["CPU expert share off: the GPU got no answer from the CPU team (pinned-memory flags not seen)"]
+
+
+def test_a_share_that_fails_at_load_leaves_no_thread_behind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failure while timing the team (here: it raises) closes the team it started and leaves a note."""
+    import threading
+
+    from gptoss_cli.engine import offload as offload_module
+    from gptoss_cli.engine.generator import load_random
+    from gptoss_cli.model.config import GptOssConfig
+    from gptoss_cli.model.random_weights import tiny_config_dict
+
+    cfg = GptOssConfig.from_dict(tiny_config_dict())
+    engine = load_random(cfg, device=DEVICE.type, dtype=torch.float32, fast=False, graphs=False, context_length=64)
+    off = offload_module.with_offload(engine.model, 0, [1], cpu_fraction=0.0)
+    off.share_fraction, off.costs = None, offload_module.OffloadCosts(1.0, 1.0)
+
+    def broken(self, *args, **kwargs) -> float:
+        raise RuntimeError("the team stalled")
+
+    monkeypatch.setattr(CpuShare, "time_requests", broken)
+    off.start_share()
+    assert off.share is None and off.notes == ["CPU expert share off: the team stalled"]
+    assert not [t for t in threading.enumerate() if t.name.startswith("gptoss-cpu-share") and t.is_alive()]

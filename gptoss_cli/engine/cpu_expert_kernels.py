@@ -367,14 +367,15 @@ def _down_part(k, team, dn_blocks, dn_scales, ids, wts, split, h, out):
 
 @njit(nogil=True, cache=True)
 def serve_part(k, team, flags, dones, stop, counters, ids, wts, xs, outs, gu_blocks, gu_scales, gu_bias, dn_blocks,
-               dn_scales, split, alpha, limit, bf16, h, hot_scans):
+               dn_scales, split, alpha, limit, bf16, h, hot_scans, light_sleeps):
     """Thread k of a team of ``team`` threads serving requests until ``stop[0]`` is set; returns how many it served.
 
     A request for slot s is ``flags[s] != dones[s]`` (one at a time: the GPU waits for each before the next):
     every thread computes its part of the gate_up columns [split, I) of slot s's layer (``gu_blocks[s]`` ...),
     meets the others at a barrier (``counters[0]``), computes its rows of the down sum into ``outs[s]``, and the
-    last to finish (``counters[1]``) sets ``dones[s] = flags[s]``. Polls without pause for ``hot_scans`` empty scans
-    after the last request, then sleeps a little between scans."""
+    last to finish (``counters[1]``) sets ``dones[s] = flags[s]``. Polls without sleeping for ``hot_scans`` empty
+    scans after the last request, then sleeps a little between scans (``light_sleeps`` times), then ten times as
+    long (a chat waiting for its user wakes each thread a few hundred times a second, not thousands)."""
     slots = flags.shape[0]
     half = xs.shape[1] // 2
     served = 0
@@ -390,7 +391,9 @@ def serve_part(k, team, flags, dones, stop, counters, ids, wts, xs, outs, gu_blo
                     break
             if slot < 0:
                 idle += 1
-                if idle > hot_scans:
+                if idle > hot_scans + light_sleeps:
+                    _SLEEP(_SLEEP_ARG * 10)
+                elif idle > hot_scans:
                     _SLEEP(_SLEEP_ARG)
                 else:
                     _pause()

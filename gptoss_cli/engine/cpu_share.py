@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # the kernels need Triton; the engine loads without it (then 
 
 # empty scans of the flags (each ~50-100 ns with its pause, for 24 layers: ~0.1-0.2 s in all) before a worker sleeps
 HOT_SCANS = 2_000_000
+# short sleeps (~0.2 ms on Linux, 1 ms on Windows) before the sleeps grow tenfold: ~1 s of idling on Linux
+LIGHT_SLEEPS = 5_000
 # below this share of each expert a team of spinning threads is not worth its cores
 MIN_FRACTION = 0.05
 
@@ -76,6 +78,7 @@ class CpuShare:
     _team: list[threading.Thread] = field(default_factory=list)
     error: str | None = None  # why a worker stopped, if one failed
     bytes_s: float | None = None  # the team's measured rate in packed expert bytes per second (``calibrated``)
+    num_experts: int = 0  # experts per layer (time_requests routes among them)
 
     @classmethod
     def start(cls, host: dict[int, cpu_experts.HostExperts], layers: list[int], split: int, top_k: int,
@@ -96,7 +99,8 @@ class CpuShare:
         if not 0 < split < intermediate or split % 32:
             raise ValueError(f"split {split} must be a multiple of 32 inside (0, {intermediate})")
         share = cls(layers=list(layers), exchange=HostExchange.allocate(len(layers), top_k, hidden, split, device),
-                    threads=threads or team_size(), bf16=act_dtype == torch.bfloat16)
+                    threads=threads or team_size(), bf16=act_dtype == torch.bfloat16,
+                    num_experts=first.gate_up_blocks.shape[0])
         ex = share.exchange
         fields = ("gate_up_blocks", "gate_up_scales", "gate_up_bias", "down_blocks", "down_scales")
         per_layer = [List([getattr(host[i], name) for i in layers]) for name in fields]
@@ -104,7 +108,7 @@ class CpuShare:
         counters = np.zeros(2, dtype=np.int64)
         share._args = (ex.flags.numpy(), ex.dones.numpy(), share._stop, counters, ex.ids.numpy(), ex.wts.numpy(),
                        ex.xs.numpy(), ex.outs.numpy(), *per_layer, np.int64(split), np.float32(alpha),
-                       np.float32(limit), share.bf16, h, np.int64(HOT_SCANS))
+                       np.float32(limit), share.bf16, h, np.int64(HOT_SCANS), np.int64(LIGHT_SLEEPS))
         stopped = np.ones(1, dtype=np.int32)
         kernels.serve_part(0, 1, *share._args[:2], stopped, *share._args[3:])  # compile or load, now
         for k in range(share.threads):
@@ -126,7 +130,7 @@ class CpuShare:
         step; afterwards the GPU's request counts continue from the ones used here."""
         ex = self.exchange
         flags, dones, ids, wts, xs = (t.numpy() for t in (ex.flags, ex.dones, ex.ids, ex.wts, ex.xs))
-        experts = self._args[8][0].shape[0]  # the first slot's gate_up blocks: [E, 2I, G, 16]
+        experts = self.num_experts
         rng = np.random.default_rng(seed)
         times = []
         for _ in range(rounds):
@@ -176,7 +180,11 @@ def calibrated(start: Callable[[int], CpuShare], intermediate: int, layer_bytes:
     split = split_for(first_fraction, intermediate)
     share, teams = start(split), 1
     while True:
-        seconds = share.time_requests()
+        try:
+            seconds = share.time_requests()
+        except BaseException:
+            share.close()
+            raise
         share.bytes_s = layer_bytes * (intermediate - split) / intermediate / seconds
         fraction = share.bytes_s / (share.bytes_s + gpu_bytes_s)
         best = split_for(fraction, intermediate) if fraction >= MIN_FRACTION else intermediate
