@@ -34,7 +34,7 @@ HEALTHY = Facts(
                                                                     "sm_120"),
     triton="triton-windows 3.7.1", triton_error=None, official_triton_on_windows=False,
     kernel=KernelRun(True, seconds=1.3), models_dir=r"C:\Users\Ada Lovelace\AppData\Local\gptoss\Cache\models",
-    models_writable=True, free_bytes=500 * GiB, pulled=())
+    models_writable=True, free_bytes=500 * GiB, pulled=(), numba="0.68.1", avx512=False, cores=16)
 CPU_ONLY = replace(HEALTHY, smi=None, torch="2.13.0+cpu", torch_cuda=None, gpus=(), arch_list=(), kernel=None)
 
 
@@ -113,6 +113,18 @@ def test_openai_triton_on_windows_is_named_and_replaced() -> None:
     assert "pip uninstall -y triton" in triton.advice
 
 
+def test_the_cpu_share_of_offloaded_experts_is_reported() -> None:
+    """Experts kept in RAM are partly computed by the CPU: the check names the team and the decode it gets; a
+    numba that does not import costs speed with models that do not fit VRAM, not function; no GPU: not used."""
+    assert check(judge(HEALTHY), "offload").detail == (
+        "numba 0.68.1; 14 of 16 cores compute part of each expert kept in RAM (no AVX-512: the slower fp16 decode)")
+    assert "16-lane" in check(judge(replace(HEALTHY, avx512=True)), "offload").detail
+    broken = judge(replace(HEALTHY, numba=None, numba_error="ImportError: no llvmlite"))
+    assert broken.usable and status(broken)["offload"] == "warn"
+    assert "no llvmlite" in check(broken, "offload").detail and "numba>=0.60" in check(broken, "offload").command
+    assert status(judge(CPU_ONLY))["offload"] == "skip"
+
+
 def test_a_failed_kernel_falls_back_to_the_torch_path() -> None:
     report = judge(replace(HEALTHY, kernel=KernelRun(False, error="RuntimeError: PTX compiled with unsupported "
                                                                   "toolchain")))
@@ -166,6 +178,9 @@ def test_gathering_on_this_machine(tmp_path: Path) -> None:
     assert facts.free_bytes and facts.free_bytes > 0 and facts.pulled == ()
     capable = [g for g in facts.gpus if g.capability is None or g.capability >= (8, 0)]
     assert (facts.kernel is None) == (not capable or facts.triton is None or facts.official_triton_on_windows)
+    import numba
+
+    assert facts.numba == numba.__version__ and facts.numba_error is None and facts.cores >= 1
     json.dumps(judge(facts).to_dict(facts))  # everything in the report is JSON
 
 
@@ -210,7 +225,7 @@ def test_the_command_prints_json_and_exits_by_verdict(monkeypatch, capsys, tmp_p
     code, out = run_cli(monkeypatch, capsys, "--json", "--models-dir", str(tmp_path))
     report = json.loads(out)
     assert [c["name"] for c in report["checks"]] == ["python", "gpu", "driver", "torch", "triton", "kernel",
-                                                      "models", "disk"]
+                                                      "offload", "models", "disk"]
     assert code == (0 if report["usable"] else 1)
     assert report["facts"]["models_dir"] == str(tmp_path)
 
