@@ -33,12 +33,13 @@ import torch
 from gptoss_cli.cli import use_expandable_segments
 from gptoss_cli.engine import cpu_experts
 from gptoss_cli.engine.generator import load_random
-from gptoss_cli.engine.offload import CPU_EXPERTS_ENV, measure_costs, measure_h2d, with_offload
+from gptoss_cli.engine.offload import measure_costs, measure_h2d, with_offload
 from gptoss_cli.engine.sampling import Sampler, SamplingParams
 from gptoss_cli.hardware import GiB, HardwareOverride, detect
 from gptoss_cli.model.config import GptOssConfig, official_config
 from gptoss_cli.model.random_weights import tiny_config_dict
 from gptoss_cli.plan import Wishes, make_plan
+from gptoss_cli.settings import CPU_EXPERTS_ENV
 from gptoss_cli.sizes import tensor_sizes
 
 

@@ -75,6 +75,7 @@ class Bandwidths:
     pcie_gb_s: float = 25.0   # pinned host -> GPU copies (PCIe 4.0 x16 in practice; 5.0 about twice)
     measured: str = ""
     cpu_share_gb_s: float = 0.0
+    cpu_share: bool = True    # False: GPTOSS_CPU_EXPERTS=0, the GPU alone reads experts kept in RAM
 
 
 # Experts kept in RAM are read by the GPU's kernels in place, across PCIe, at this share of the copy rate
@@ -537,10 +538,13 @@ def _explain(mb: ModelBytes, s: _Search, wishes: Wishes) -> list[str]:
                      f"system RAM, as llama.cpp --n-cpu-moe {n} keeps them on the CPU; here the GPU reads each "
                      f"token's {round(mb.active_experts * mb.num_experts)} routed experts of those layers across "
                      f"PCIe ({per_token / 1e6:.0f} MB a token at ~{bw.pcie_gb_s * IN_PLACE_FRACTION:.0f} GB/s, "
-                     f"{rate}) while the CPU computes part of each of those experts ("
-                     + (f"~{bw.cpu_share_gb_s:.0f} GB/s as last timed here" if bw.cpu_share_gb_s else
-                        "timed at the first load; the estimate leaves it out until then")
-                     + "); together they bound decode speed (GPTOSS_CPU_EXPERTS=0 leaves it all to the GPU)")
+                     f"{rate}) "
+                     + ("while the CPU computes part of each of those experts ("
+                        + (f"~{bw.cpu_share_gb_s:.0f} GB/s as last timed here" if bw.cpu_share_gb_s else
+                           "timed at the first load; the estimate leaves it out until then")
+                        + "); together they bound decode speed (GPTOSS_CPU_EXPERTS=0 leaves it all to the GPU)"
+                        if bw.cpu_share else
+                        "alone (GPTOSS_CPU_EXPERTS=0), which bounds decode speed"))
     if on_gpu and lay.lm_head == "cpu":
         notes.append("lm_head in system RAM and computed on the CPU: the last step before running CPU-only")
     if wishes.context is not None:
@@ -679,6 +683,7 @@ def plan_for(model_ref: str, hardware: Hardware, wishes: Wishes = Wishes()) -> P
     name, config, sizes, notes = resolve_model(model_ref)
     if wishes.bandwidths == Bandwidths():
         wishes = replace(wishes, bandwidths=remembered_bandwidths(hardware))
+    wishes = replace(wishes, bandwidths=_with_cpu_share_setting(wishes.bandwidths))
     plan = make_plan(config, sizes, hardware, wishes, model=name)
     if not plan.fits and name == "gpt-oss-120b":
         small = official_config("gpt-oss-20b")
@@ -703,3 +708,11 @@ def remembered_bandwidths(hardware: Hardware) -> Bandwidths:
     if got.cpu_share_gb_s:
         bw = replace(bw, cpu_share_gb_s=got.cpu_share_gb_s)
     return bw
+
+
+def _with_cpu_share_setting(bw: Bandwidths) -> Bandwidths:
+    """``bw`` as GPTOSS_CPU_EXPERTS=0 would run it: no CPU share, so no CPU rate in the estimate."""
+    from .settings import cpu_experts_setting  # here: the planner stays importable without platformdirs
+
+    fraction, _ = cpu_experts_setting()
+    return replace(bw, cpu_share=False, cpu_share_gb_s=0.0) if fraction == 0 else bw

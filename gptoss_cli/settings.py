@@ -6,6 +6,8 @@ the current value. Environment variables:
 - ``GPTOSS_MODELS``: the model store (default: the user cache dir from platformdirs, e.g.
   ``~/.cache/gptoss/models`` on Linux, ``%LOCALAPPDATA%\\gptoss\\Cache\\models`` on Windows).
 - ``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_OFFLINE``, ``HF_HOME`` / ``HF_HUB_CACHE``: as for every Hugging Face tool.
+- ``GPTOSS_CPU_EXPERTS``: the CPU's part of experts kept in RAM (engine/offload.py): unset or "auto" measures it at
+  load, "0"/"off" leaves them to the GPU, a fraction in [0, 1] forces one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 import platformdirs
 
 MODELS_ENV = "GPTOSS_MODELS"
+CPU_EXPERTS_ENV = "GPTOSS_CPU_EXPERTS"
 _TRUE = {"1", "ON", "YES", "TRUE"}
 
 
@@ -55,3 +58,18 @@ def offline() -> bool:
     from huggingface_hub import constants
 
     return os.environ.get("HF_HUB_OFFLINE", "").upper() in _TRUE or constants.is_offline_mode()
+
+
+def cpu_experts_setting() -> tuple[float | None, bool]:
+    """``GPTOSS_CPU_EXPERTS`` as (a fraction in [0, 1], or None for "auto": measured at load; whether it was set).
+    Unset is "auto" for the in-graph share of in-place decode and 0 for the staging path's CPU experts; "0" /
+    "off" turns both off; anything unreadable counts as "auto"."""
+    raw = os.environ.get(CPU_EXPERTS_ENV, "").strip().lower()
+    if raw in ("", "auto"):
+        return None, raw == "auto"
+    if raw in ("off", "no", "false"):
+        return 0.0, True
+    try:
+        return min(1.0, max(0.0, float(raw))), True
+    except ValueError:
+        return None, True

@@ -208,8 +208,9 @@ def test_a_closed_share_stops_decode_with_a_clear_error() -> None:
                                torch.device("cpu"), cfg.swiglu_alpha, cfg.swiglu_limit, threads=1)
     off.check_share()  # alive
     off.close()
-    with pytest.raises(GptossError, match="share stopped"):
+    with pytest.raises(GptossError, match="share stopped") as stopped:
         off.check_share()
+    assert "GPTOSS_CPU_EXPERTS=0" in stopped.value.hint
 
 
 def test_the_share_at_load_is_timed_on_the_models_experts_and_kept_only_where_it_pays() -> None:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import gptoss_cli
-from gptoss_cli.engine.offload import CPU_EXPERTS_ENV, OffloadCosts, with_offload
+from gptoss_cli.engine.offload import OffloadCosts, with_offload
+from gptoss_cli.settings import CPU_EXPERTS_ENV
 
 
 @pytest.mark.parametrize(("layers", "slots"), [([0], 0), ([0, 1, 2], 3), ([1], 5), ([0, 2], 100)])

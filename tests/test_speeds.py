@@ -65,7 +65,7 @@ def test_plan_for_estimates_from_the_rates_this_gpu_measured() -> None:
     assert not any("measured on this machine" in n for n in given.notes)
 
 
-def test_a_remembered_cpu_share_rate_raises_the_estimate_with_experts_in_ram() -> None:
+def test_a_remembered_cpu_share_rate_raises_the_estimate_with_experts_in_ram(monkeypatch: pytest.MonkeyPatch) -> None:
     """The CPU share's rate, timed at a load on this machine, adds to the GPU's in-place PCIe rate for the experts
     kept in RAM; the note says which it used."""
     hw = _machine(8)
@@ -84,3 +84,7 @@ def test_a_remembered_cpu_share_rate_raises_the_estimate_with_experts_in_ram() -
     assert make_plan(config, tensor_sizes(config), hw, Wishes(bandwidths=both)).est_decode_tok_s == \
         pytest.approx(make_plan(config, tensor_sizes(config), hw, Wishes(bandwidths=wide)).est_decode_tok_s,
                       rel=0.02)
+    monkeypatch.setenv("GPTOSS_CPU_EXPERTS", "0")  # the user turned the share off: the GPU alone, as estimated
+    off = plan_for("gpt-oss-20b", hw)
+    assert off.est_decode_tok_s == gpu_only.est_decode_tok_s
+    assert any("alone (GPTOSS_CPU_EXPERTS=0), which bounds decode speed" in n for n in off.notes)

@@ -31,7 +31,6 @@ offloaded layer crosses PCIe each token (a model whose routing repeats would gai
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import time
 import weakref
@@ -50,10 +49,9 @@ from ..model import transformer
 from ..model.config import GptOssConfig
 from ..model.transformer import GptOss, Layer, Ops
 from ..plan import IN_PLACE_FRACTION
+from ..settings import CPU_EXPERTS_ENV, cpu_experts_setting
 from . import cpu_experts
 from .cpu_share import MIN_FRACTION, CpuShare, calibrated, split_for
-
-CPU_EXPERTS_ENV = "GPTOSS_CPU_EXPERTS"
 
 
 @dataclass
@@ -171,21 +169,6 @@ def measure_costs(device: torch.device | str, hidden: int = 2880, intermediate: 
     return _MEASURED[key]
 
 
-def _fraction_from_env() -> tuple[float | None, bool]:
-    """``GPTOSS_CPU_EXPERTS``: (a fraction in [0, 1], or None for "auto": measured here; whether it was set).
-    Unset means "auto" for the in-graph share of in-place decode and 0 for the staging path's CPU experts;
-    "0" / "off" turns both off."""
-    raw = os.environ.get(CPU_EXPERTS_ENV, "").strip().lower()
-    if raw in ("", "auto"):
-        return None, raw == "auto"
-    if raw in ("off", "no", "false"):
-        return 0.0, True
-    try:
-        return min(1.0, max(0.0, float(raw))), True
-    except ValueError:
-        return None, True
-
-
 class ExpertOffload:
     """The host copies of offloaded layers' experts, a GPU staging buffer, an LRU cache of GPU slots and a CPU
     worker for decode misses."""
@@ -232,7 +215,7 @@ class ExpertOffload:
 
         share_fraction = cpu_fraction
         if cpu_fraction is None and costs is None:
-            share_fraction, chosen = _fraction_from_env()
+            share_fraction, chosen = cpu_experts_setting()
             cpu_fraction = share_fraction if chosen else 0.0
         if cpu_fraction is None and costs is None:
             if dev.type == "cuda" and self.layers and cpu_experts.kernels() is not None:
@@ -447,7 +430,7 @@ class ExpertOffload:
         """Refuse to decode on a CPU share whose workers are gone: the GPU would wait ~1 s a layer, then compute NaN."""
         if self.share is not None and not self.share.alive:
             raise GptossError(f"the CPU expert share stopped ({self.share.error or 'its workers were closed'})",
-                              hint=f"unset {CPU_EXPERTS_ENV} to decode with the GPU alone")
+                              hint=f"set {CPU_EXPERTS_ENV}=0 to decode with the GPU alone")
 
     def close(self) -> None:
         """Stop the CPU worker, if any (after the last decode step has finished)."""
