@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import install_logic as il
-from .hardware import GiB, Gpu, detect_gpus
+from .hardware import GiB, Gpu, cpu_cores, detect_gpus
 
 Status = Literal["ok", "warn", "fail", "skip"]
 SMI_FIELDS = "driver_version,name,memory.total,compute_cap"
@@ -220,13 +220,6 @@ def _pulled(models_dir: Path) -> tuple[str, ...]:
         return ()
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def _numba_facts() -> dict[str, Any]:
     """numba's version (or why it does not import) and whether the CPU has AVX-512, for the CPU expert share."""
     try:
@@ -252,7 +245,7 @@ def gather(models_dir: str | Path | None = None) -> Facts:
                  official_triton_on_windows=official_on_windows,
                  kernel=_run_kernel(gpus, triton is not None and not official_on_windows),
                  models_dir=str(folder), models_writable=writable(folder), free_bytes=free_bytes_at(folder),
-                 pulled=_pulled(folder), cores=_cores(), **torch_facts, **_numba_facts())
+                 pulled=_pulled(folder), cores=cpu_cores(), **torch_facts, **_numba_facts())
 
 
 # ---- judging ----------------------------------------------------------------------------------------------

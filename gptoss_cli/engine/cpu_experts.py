@@ -38,6 +38,8 @@ import numpy as np
 import torch
 from gptoss_kernels import mxfp4
 
+from ..hardware import cpu_cores
+
 # numba is imported on first use, not with the engine: it costs ~0.3 s, and only offloaded decode needs it
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None and importlib.util.find_spec("llvmlite") is not None
 _kernels_module = None
@@ -75,11 +77,7 @@ def kernels():
 
 def default_threads() -> int:
     """CPU threads for expert work: every core this process may use but one, which keeps driving the GPU."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
-    return max(1, cores - 1)
+    return max(1, cpu_cores() - 1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
