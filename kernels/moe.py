@@ -37,10 +37,12 @@ DECODE_MAX_TOKENS = 4
 _GROUP = mxfp4.BLOCK  # 32 elements share one scale
 _BYTES = mxfp4.BLOCK // 2  # 16 packed bytes per group
 _SIGN_AND_MAGNITUDE = tl.constexpr(-2118123520)  # 0x81C00000 as a signed int32
+_SIGN_BIT = tl.constexpr(-2147483648)  # 0x80000000
 _TWO_POW_126 = tl.constexpr(2.0**126)
 _X_PRESCALE = tl.constexpr(2.0**100)  # GEMV: x * 2**100 keeps fp4 * 2**-126 * x normal; block scales give back 2**26
 _F16_MAGNITUDE = tl.constexpr(0x0E000E00)  # fp16x2 decode: the 3 magnitude bits of a code at bits 9..11 of a lane
 _F16_SIGN = tl.constexpr(-2147450880)  # 0x80008000 as a signed int32: the sign bit of each lane
+_F16_PAIR = tl.constexpr(-1912566272)  # 0x8E008E00: magnitude and sign bits of both lanes
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -106,13 +108,29 @@ def _pow2(biased_exponent):
 
 
 @triton.jit
-def _nibbles(w, SHIFT: tl.constexpr):
-    """int32 words -> the nibble at bits SHIFT..SHIFT+3 of each word as fp32 ``fp4 * 2**-126``."""
-    if SHIFT == 28:
-        v = w >> 6
+def _shift_left(w, n: tl.constexpr):
+    """w << n, or w >> -n (arithmetic) for a negative n: callers mask away the bits a sign copy could reach."""
+    if n >= 0:
+        r = w << n
     else:
-        v = (w << (28 - SHIFT)) >> 6
-    return (v & _SIGN_AND_MAGNITUDE).to(tl.float32, bitcast=True)
+        r = w >> (-n)
+    return r
+
+
+@triton.jit
+def _code_f32(w, E: tl.constexpr, PAIRED: tl.constexpr):
+    """int32 words -> code E (element E of each word's 8) as fp32 ``fp4 * 2**-126``: sign to bit 31, magnitude to
+    bits 22..24. Checkpoint layout: code E at bits 4E..4E+3; PAIRED: where kernels/mxfp4.py's paired layout puts it."""
+    if PAIRED:
+        up: tl.constexpr = 16 * (E // 4)
+        mag: tl.constexpr = (9 if E % 4 == 0 else (6 if E % 4 == 1 else (0 if E % 4 == 2 else 3))) + up
+        sign: tl.constexpr = (15 if E % 4 == 0 else (12 if E % 4 == 1 else (13 if E % 4 == 2 else 14))) + up
+        v = (_shift_left(w, 22 - mag) & 0x01C00000) | (_shift_left(w, 31 - sign) & _SIGN_BIT)
+    elif E == 7:
+        v = (w >> 6) & _SIGN_AND_MAGNITUDE
+    else:
+        v = ((w << (28 - 4 * E)) >> 6) & _SIGN_AND_MAGNITUDE
+    return v.to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -155,11 +173,13 @@ def _weight_tile(blk_rows, scl_rows, tile_mask, g0, G, BLOCK_G: tl.constexpr):
 @triton.jit
 def _mxfp4_gemv(x_ptr, x_stride_k, words_ptr, scl_ptr, experts, k_mask, rows, row_mask, R, G, G_LOOP,
                 SHARED_X: tl.constexpr, X_PRESCALED: tl.constexpr,
-                K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr):
+                K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, PAIRED: tl.constexpr,
+                WAIT: tl.constexpr = False):
     """acc[j, n] = sum_k W_{experts[j]}[rows[n], k] * x_j[k], fp32 [K_PAD, BLOCK_N], for the k experts of one token.
 
     ``words_ptr`` is an [E, R, G*4] int32 view of the blocks (4 words per 32-element group, 8 codes per word, little
-    endian: byte i of a word holds elements 2i and 2i+1), ``scl_ptr`` the [E, R, G] scales. x_j is the row
+    endian: byte i of a word holds elements 2i and 2i+1; PAIRED: the paired layout), ``scl_ptr`` the [E, R, G]
+    scales. x_j is the row
     ``x_ptr + j * x_stride_k`` (one shared row with SHARED_X), already multiplied by 2**100 with X_PRESCALED.
     Only the first G_LOOP groups of each row are summed (G_LOOP < G: the rest of the row is another worker's).
 
@@ -178,6 +198,7 @@ def _mxfp4_gemv(x_ptr, x_stride_k, words_ptr, scl_ptr, experts, k_mask, rows, ro
     # Software prefetch: the next tile is in flight while this one is decoded (the loads feed no tl.dot, so
     # Triton's pipeliner leaves them alone).
     words, s = _weight_tile(blk_rows, scl_rows, tile_mask, 0, G_LOOP, BLOCK_G)
+    pdl.wait_only(WAIT)  # see _mxfp4_gemv_f16x2
     xv = _row_slice(x_ptr, x_stride_k, k_mask, offs_x, G_LOOP * 32, SHARED_X, K_PAD).to(tl.float32)
     for g0 in range(0, G_LOOP, BLOCK_G):
         words_next, s_next = _weight_tile(blk_rows, scl_rows, tile_mask, g0 + BLOCK_G, G_LOOP, BLOCK_G)
@@ -187,14 +208,14 @@ def _mxfp4_gemv(x_ptr, x_stride_k, words_ptr, scl_ptr, experts, k_mask, rows, ro
         if not X_PRESCALED:
             xv = xv * _X_PRESCALE
         x0, x1, x2, x3, x4, x5, x6, x7 = _split8(tl.reshape(xv, [xv.shape[0], W, 8]))
-        part = _nibbles(words, 0) * x0[:, None, :]
-        part += _nibbles(words, 4) * x1[:, None, :]
-        part += _nibbles(words, 8) * x2[:, None, :]
-        part += _nibbles(words, 12) * x3[:, None, :]
-        part += _nibbles(words, 16) * x4[:, None, :]
-        part += _nibbles(words, 20) * x5[:, None, :]
-        part += _nibbles(words, 24) * x6[:, None, :]
-        part += _nibbles(words, 28) * x7[:, None, :]
+        part = _code_f32(words, 0, PAIRED) * x0[:, None, :]
+        part += _code_f32(words, 1, PAIRED) * x1[:, None, :]
+        part += _code_f32(words, 2, PAIRED) * x2[:, None, :]
+        part += _code_f32(words, 3, PAIRED) * x3[:, None, :]
+        part += _code_f32(words, 4, PAIRED) * x4[:, None, :]
+        part += _code_f32(words, 5, PAIRED) * x5[:, None, :]
+        part += _code_f32(words, 6, PAIRED) * x6[:, None, :]
+        part += _code_f32(words, 7, PAIRED) * x7[:, None, :]
         part = tl.sum(tl.reshape(part, [K_PAD, BLOCK_N, BLOCK_G, 4]), axis=3)
         acc += part * _pow2(s.to(tl.int32) + 26)  # 2**(s-127) * 2**126 / 2**100
         words = words_next
@@ -217,9 +238,19 @@ def _mxfp4_gemv(x_ptr, x_stride_k, words_ptr, scl_ptr, experts, k_mask, rows, ro
 
 
 @triton.jit
-def _f16x2_codes(q, I: tl.constexpr):
-    """int32 words -> fp16x2 bit patterns (in an int32) of codes I (low lane) and I + 4 (high lane)."""
-    if I == 3:
+def _f16x2_codes(q, I: tl.constexpr, PAIRED: tl.constexpr):
+    """int32 words -> fp16x2 bit patterns (in an int32) of codes I (low lane) and I + 4 (high lane). The checkpoint
+    layout takes 3-4 instructions a pair; the paired layout 1, 2, 4, 4 (kernels/mxfp4.py)."""
+    if PAIRED:
+        if I == 0:
+            r = q & _F16_PAIR
+        elif I == 1:
+            r = (q << 3) & _F16_PAIR
+        elif I == 2:
+            r = ((q << 9) & _F16_MAGNITUDE) | ((q << 2) & _F16_SIGN)
+        else:
+            r = ((q << 6) & _F16_MAGNITUDE) | ((q << 1) & _F16_SIGN)
+    elif I == 3:
         r = ((q >> 3) & _F16_MAGNITUDE) | (q & _F16_SIGN)
     else:
         r = ((q << (9 - 4 * I)) & _F16_MAGNITUDE) | ((q << (12 - 4 * I)) & _F16_SIGN)
@@ -256,6 +287,18 @@ def _fma_f16x2(a, b, c, ASM: tl.constexpr):
 
 
 @triton.jit
+def _mul_f16x2(a, b, ASM: tl.constexpr):
+    """a * b per fp16 lane (``mul.rn.f16x2``): a group's first product, so its sum needs no zeroed register."""
+    if ASM:
+        r = tl.inline_asm_elementwise("mul.rn.f16x2 $0, $1, $2;", "=r,r,r", [a, b], dtype=tl.int32, is_pure=True,
+                                      pack=1)
+    else:
+        r = _f16_bits(_f16_lane(a, False) * _f16_lane(b, False)) | (_f16_bits(_f16_lane(a, True) *
+                                                                           _f16_lane(b, True)) << 16)
+    return r
+
+
+@triton.jit
 def _split4(x):
     """[A, B, C, 4] -> four [A, B, C] tensors, x[..., j] in position j."""
     ev, od = tl.split(tl.reshape(x, [x.shape[0], x.shape[1], x.shape[2], 2, 2]))
@@ -274,12 +317,16 @@ def _split4_3d(x):
 
 
 @triton.jit
-def _word_fma(q, a0, a1, a2, a3, part, ASM: tl.constexpr):
-    """part += the 8 codes of words q [K, N, G] times their x pairs a_i [XK, G] (codes i and i + 4)."""
-    part = _fma_f16x2(_f16x2_codes(q, 0), a0[:, None, :], part, ASM)
-    part = _fma_f16x2(_f16x2_codes(q, 1), a1[:, None, :], part, ASM)
-    part = _fma_f16x2(_f16x2_codes(q, 2), a2[:, None, :], part, ASM)
-    return _fma_f16x2(_f16x2_codes(q, 3), a3[:, None, :], part, ASM)
+def _word_fma(q, a0, a1, a2, a3, part, FIRST: tl.constexpr, PAIRED: tl.constexpr, ASM: tl.constexpr):
+    """part += the 8 codes of words q [K, N, G] times their x pairs a_i [XK, G] (codes i and i + 4); FIRST: part
+    starts here (no addend)."""
+    if FIRST:
+        part = _mul_f16x2(_f16x2_codes(q, 0, PAIRED), a0[:, None, :], ASM)
+    else:
+        part = _fma_f16x2(_f16x2_codes(q, 0, PAIRED), a0[:, None, :], part, ASM)
+    part = _fma_f16x2(_f16x2_codes(q, 1, PAIRED), a1[:, None, :], part, ASM)
+    part = _fma_f16x2(_f16x2_codes(q, 2, PAIRED), a2[:, None, :], part, ASM)
+    return _fma_f16x2(_f16x2_codes(q, 3, PAIRED), a3[:, None, :], part, ASM)
 
 
 @triton.jit
@@ -292,45 +339,55 @@ def _pack_pairs(v):
 
 
 @triton.jit
+def _f16x2_tile(acc, words, s, xp, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
+                PAIRED: tl.constexpr, ASM: tl.constexpr):
+    """acc += one tile's groups: words [K_PAD, BLOCK_N, BLOCK_G * 4], scales s (same shape / 4), x pairs xp
+    [XK, BLOCK_G * 16]. Each group's fp16 sum is scaled by 2**(s - 127) here; the GEMV applies the token's power of
+    two once, at the end."""
+    W: tl.constexpr = BLOCK_G * 4
+    # x pair i of weight word j of each group: a{i}{j} [XK, BLOCK_G]; weight word j: q{j} [K_PAD, BLOCK_N, BLOCK_G]
+    ev, od = tl.split(tl.reshape(xp, [xp.shape[0], W, 2, 2]))
+    a0, a2 = tl.split(ev)
+    a1, a3 = tl.split(od)
+    a00, a01, a02, a03 = _split4_3d(tl.reshape(a0, [xp.shape[0], BLOCK_G, 4]))
+    a10, a11, a12, a13 = _split4_3d(tl.reshape(a1, [xp.shape[0], BLOCK_G, 4]))
+    a20, a21, a22, a23 = _split4_3d(tl.reshape(a2, [xp.shape[0], BLOCK_G, 4]))
+    a30, a31, a32, a33 = _split4_3d(tl.reshape(a3, [xp.shape[0], BLOCK_G, 4]))
+    q0, q1, q2, q3 = _split4(tl.reshape(words, [K_PAD, BLOCK_N, BLOCK_G, 4]))
+    part = _word_fma(q0, a00, a10, a20, a30, 0, True, PAIRED, ASM)  # one group's sum per fp16 lane
+    part = _word_fma(q1, a01, a11, a21, a31, part, False, PAIRED, ASM)
+    part = _word_fma(q2, a02, a12, a22, a32, part, False, PAIRED, ASM)
+    part = _word_fma(q3, a03, a13, a23, a33, part, False, PAIRED, ASM)
+    group = _f16_lane(part, False) + _f16_lane(part, True)
+    return acc + group * _pow2(s.to(tl.int32))
+
+
+@triton.jit
 def _mxfp4_gemv_f16x2(x2_ptr, x2_stride_k, x_exp, words_ptr, scl_ptr, experts, k_mask, rows, row_mask, R, G,
                       G_LOOP, SHARED_X: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-                      ASM: tl.constexpr):
+                      PAIRED: tl.constexpr, ASM: tl.constexpr, WAIT: tl.constexpr = False):
     """Same contract as ``_mxfp4_gemv``, decoded and multiplied as fp16 pairs. x comes packed by ``_pack_pairs``
-    (4 int32 words per weight word), multiplied by ``2**x_exp`` before it was rounded to fp16."""
-    W: tl.constexpr = BLOCK_G * 4
+    (4 int32 words per weight word), multiplied by ``2**x_exp`` before it was rounded to fp16. WAIT: the grid
+    dependency wait (kernels/pdl.py) comes here, after the first weight tile is requested and before x is read."""
     acc = tl.zeros([K_PAD, BLOCK_N, BLOCK_G], dtype=tl.float32)
-    offs_p = tl.arange(0, W * 4)
-    scale_exp = 14 - x_exp  # the fp16 partial sums are fp4 * 2**-14 * x * 2**x_exp
+    offs_p = tl.arange(0, BLOCK_G * 16)
     e64 = experts.to(tl.int64)
     blk_rows = words_ptr + ((e64 * R)[:, None] + rows[None, :]) * (G * 4)
     scl_rows = scl_ptr + ((e64 * R)[:, None] + rows[None, :]) * G
     tile_mask = k_mask[:, None] & row_mask[None, :]
     words, s = _weight_tile(blk_rows, scl_rows, tile_mask, 0, G_LOOP, BLOCK_G)
+    pdl.wait_only(WAIT)
     xp = _row_slice(x2_ptr, x2_stride_k, k_mask, offs_p, G_LOOP * 16, SHARED_X, K_PAD)
     for g0 in range(0, G_LOOP, BLOCK_G):
         words_next, s_next = _weight_tile(blk_rows, scl_rows, tile_mask, g0 + BLOCK_G, G_LOOP, BLOCK_G)
         xp_next = _row_slice(x2_ptr, x2_stride_k, k_mask, (g0 + BLOCK_G) * 16 + offs_p, G_LOOP * 16, SHARED_X,
                              K_PAD)
-        # x pair i of weight word j of each group: a{i}{j} [XK, BLOCK_G]; weight word j: q{j} [K_PAD, BLOCK_N, BLOCK_G]
-        ev, od = tl.split(tl.reshape(xp, [xp.shape[0], W, 2, 2]))
-        a0, a2 = tl.split(ev)
-        a1, a3 = tl.split(od)
-        a00, a01, a02, a03 = _split4_3d(tl.reshape(a0, [xp.shape[0], BLOCK_G, 4]))
-        a10, a11, a12, a13 = _split4_3d(tl.reshape(a1, [xp.shape[0], BLOCK_G, 4]))
-        a20, a21, a22, a23 = _split4_3d(tl.reshape(a2, [xp.shape[0], BLOCK_G, 4]))
-        a30, a31, a32, a33 = _split4_3d(tl.reshape(a3, [xp.shape[0], BLOCK_G, 4]))
-        q0, q1, q2, q3 = _split4(tl.reshape(words, [K_PAD, BLOCK_N, BLOCK_G, 4]))
-        part = tl.zeros([K_PAD, BLOCK_N, BLOCK_G], dtype=tl.int32)  # fp16x2 zeros; one group's sum per lane
-        part = _word_fma(q0, a00, a10, a20, a30, part, ASM)
-        part = _word_fma(q1, a01, a11, a21, a31, part, ASM)
-        part = _word_fma(q2, a02, a12, a22, a32, part, ASM)
-        part = _word_fma(q3, a03, a13, a23, a33, part, ASM)
-        group = _f16_lane(part, False) + _f16_lane(part, True)
-        acc += group * _pow2(tl.minimum(tl.maximum(s.to(tl.int32) + scale_exp, 0), 254))
+        acc = _f16x2_tile(acc, words, s, xp, K_PAD, BLOCK_N, BLOCK_G, PAIRED, ASM)
         words = words_next
         s = s_next
         xp = xp_next
-    return tl.sum(acc, axis=2)
+    # the fp16 partial sums are fp4 * 2**-14 * x * 2**x_exp
+    return tl.sum(acc, axis=2) * _pow2(14 - x_exp + 127)
 
 
 @triton.jit
@@ -352,7 +409,8 @@ def _top_k(logits_row, E, TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.co
     lower index) and the softmax over the k selected logits (0 past TOP_K)."""
     offs_e = tl.arange(0, E_PAD)
     offs_k = tl.arange(0, K_PAD)
-    vals = tl.load(logits_row + offs_e, mask=offs_e < E, other=float("-inf"))
+    # from L2 (.cg): the down kernel reads them before its grid dependency wait (the router grid has completed)
+    vals = tl.load(logits_row + offs_e, mask=offs_e < E, other=float("-inf"), cache_modifier=".cg")
     top = tl.max(vals, axis=0)
     experts = tl.zeros([K_PAD], dtype=tl.int32)
     probs = tl.zeros([K_PAD], dtype=tl.float32)
@@ -420,76 +478,91 @@ def _router_logits_kernel(x_ptr, delta_ptr, norm_w_ptr, res_ptr, t_ptr, eps, w_p
 @triton.jit
 def _gate_up_decode_kernel(x_ptr, logits_ptr, x_exp_ptr, x2_ptr, ids_ptr, wts_ptr, words_ptr, scl_ptr, bias_ptr,
                            h_ptr, E, H, I, n_rows, stride_x, alpha, limit, h_exp,
-                           TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr,
-                           BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, F16X2: tl.constexpr, ASM: tl.constexpr,
-                           PDL: tl.constexpr):
-    """One program: BLOCK_N interleaved gate_up rows (of the first ``n_rows``) of each of token t's TOP_K experts.
+                           TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, EXPERTS: tl.constexpr,
+                           BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr, F16X2: tl.constexpr, PAIRED: tl.constexpr,
+                           ASM: tl.constexpr, PDL: tl.constexpr):
+    """One program: BLOCK_N interleaved gate_up rows (of the first ``n_rows``) of EXPERTS of token t's TOP_K experts
+    (the ``program_id(2)``-th slice of its selections; all of them with EXPERTS = K_PAD).
     h is rounded to the activation dtype, then stored for the down GEMV: times 2**h_exp as fp16 pairs (F16X2;
     BLOCK_N a multiple of 16), else times 2**100 (exact in bf16 and fp32), the prescale the fp32 GEMV wants."""
     pdl.wait(PDL)
     t = tl.program_id(0)
     pid_n = tl.program_id(1)
+    pid_e = tl.program_id(2)
     offs_k = tl.arange(0, K_PAD)
-    k_mask = offs_k < TOP_K
-    experts, weights = _top_k(logits_ptr + t * E, E, TOP_K, K_PAD, E_PAD)
-    first = offs_k + pid_n * TOP_K < TOP_K  # the k selections, written once (by the programs with pid_n == 0)
-    tl.store(ids_ptr + t * TOP_K + offs_k, experts, mask=first)
+    chosen, weights = _top_k(logits_ptr + t * E, E, TOP_K, K_PAD, E_PAD)
+    first = offs_k + (pid_n + pid_e) * TOP_K < TOP_K  # the k selections, written once (by the first program)
+    tl.store(ids_ptr + t * TOP_K + offs_k, chosen, mask=first)
     tl.store(wts_ptr + t * TOP_K + offs_k, weights, mask=first)
+    slot = pid_e * EXPERTS + tl.arange(0, EXPERTS)  # which of the k selections this program computes
+    k_mask = slot < TOP_K
+    experts = tl.sum(tl.where(offs_k[None, :] == slot[:, None], chosen[None, :], 0), axis=1)
 
     N2 = 2 * I
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < n_rows
     if F16X2:
         acc = _mxfp4_gemv_f16x2(x2_ptr + t * (H // 2), 0, tl.load(x_exp_ptr + t), words_ptr, scl_ptr, experts,
-                                k_mask, rows, row_mask, N2, H // 32, H // 32, True, K_PAD, BLOCK_N, BLOCK_G, ASM)
+                                k_mask, rows, row_mask, N2, H // 32, H // 32, True, EXPERTS, BLOCK_N, BLOCK_G, PAIRED,
+                                ASM)
     else:
         acc = _mxfp4_gemv(x_ptr + t * stride_x, 0, words_ptr, scl_ptr, experts, k_mask, rows, row_mask, N2,
-                          H // 32, H // 32, True, False, K_PAD, BLOCK_N, BLOCK_G)
+                          H // 32, H // 32, True, False, EXPERTS, BLOCK_N, BLOCK_G, PAIRED)
     bias = tl.load(bias_ptr + experts.to(tl.int64)[:, None] * N2 + rows[None, :],
                    mask=k_mask[:, None] & row_mask[None, :], other=0.0)
-    gate, up = tl.split(tl.reshape(acc + bias.to(tl.float32), [K_PAD, BLOCK_N // 2, 2]))
+    gate, up = tl.split(tl.reshape(acc + bias.to(tl.float32), [EXPERTS, BLOCK_N // 2, 2]))
     h = _swiglu(gate, up, alpha, limit)
     cols = pid_n * (BLOCK_N // 2) + tl.arange(0, BLOCK_N // 2)
     h = h.to(x_ptr.dtype.element_ty).to(tl.float32)  # rounded to the activation dtype, as on every path
     if F16X2:
-        pairs = _pack_pairs(h * _pow2(h_exp + 127))  # [K_PAD, BLOCK_N // 4]
+        pairs = _pack_pairs(h * _pow2(h_exp + 127))  # [EXPERTS, BLOCK_N // 4]
         pcols = pid_n * (BLOCK_N // 4) + tl.arange(0, BLOCK_N // 4)
-        tl.store(h_ptr + (t * TOP_K + offs_k)[:, None] * (I // 2) + pcols[None, :], pairs,
+        tl.store(h_ptr + (t * TOP_K + slot)[:, None] * (I // 2) + pcols[None, :], pairs,
                  mask=k_mask[:, None] & (pcols < I // 2)[None, :])
     else:
-        tl.store(h_ptr + (t * TOP_K + offs_k)[:, None] * I + cols[None, :], (h * _X_PRESCALE).to(h_ptr.dtype.element_ty),
+        tl.store(h_ptr + (t * TOP_K + slot)[:, None] * I + cols[None, :], (h * _X_PRESCALE).to(h_ptr.dtype.element_ty),
                  mask=k_mask[:, None] & (cols < I)[None, :])
 
 
 @triton.jit
-def _down_decode_kernel(h_ptr, ids_ptr, wts_ptr, words_ptr, scl_ptr, bias_ptr, out_ptr, H, I, g_loop, h_exp,
-                        x_ptr, norm_w_ptr, res_ptr, t_ptr, count_ptr, eps,
-                        TOP_K: tl.constexpr, K_PAD: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_G: tl.constexpr,
-                        F16X2: tl.constexpr, ASM: tl.constexpr, HAS_NORM: tl.constexpr, BLOCK_H: tl.constexpr,
-                        PDL: tl.constexpr):
+def _down_decode_kernel(h_ptr, ids_ptr, wts_ptr, logits_ptr, words_ptr, scl_ptr, bias_ptr, out_ptr, E, H, I, g_loop,
+                        h_exp, x_ptr, norm_w_ptr, res_ptr, t_ptr, count_ptr, eps,
+                        TOP_K: tl.constexpr, K_PAD: tl.constexpr, E_PAD: tl.constexpr, BLOCK_N: tl.constexpr,
+                        BLOCK_G: tl.constexpr, F16X2: tl.constexpr, PAIRED: tl.constexpr, ASM: tl.constexpr,
+                        HAS_NORM: tl.constexpr, ROUTE: tl.constexpr, BLOCK_H: tl.constexpr, PDL: tl.constexpr):
     """One program: BLOCK_N output columns of token t, summed over its TOP_K experts in registers (no atomics).
     ``h_exp``: the fp16x2 GEMV's power of two for h, from the SwiGLU's bound (|h| <= limit * (limit + 1)).
     ``g_loop``: how many of the I/32 groups of h to sum (fewer when a CPU worker sums the rest).
 
+    ROUTE: the experts and weights come from the router's logits, as the gate_up kernel picks them, not from
+    ``ids``/``wts``: the router grid has completed before this one is launched (the gate_up kernel signals after
+    its wait), so this program lets the next kernel launch, picks its experts, requests its first weight tile and
+    only then waits for the gate_up kernel's h. That tile's memory latency leaves the critical path.
+
     HAS_NORM: the layer's residual add and the next RMSNorm follow in the same launch. Each program counts itself
     done on token t's counter (release after a barrier over its stores, as a semaphore does); the last one adds
     the whole output row to the residual x, normalises it (norm.add_rms_norm_row) and resets the counter."""
-    pdl.wait(PDL)
     t = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < H
     offs_k = tl.arange(0, K_PAD)
     k_mask = offs_k < TOP_K
-    experts = tl.load(ids_ptr + t * TOP_K + offs_k, mask=k_mask, other=0)
+    if ROUTE:
+        pdl.signal(PDL)
+        experts, weights = _top_k(logits_ptr + t * E, E, TOP_K, K_PAD, E_PAD)
+    else:
+        pdl.wait(PDL)
+        experts = tl.load(ids_ptr + t * TOP_K + offs_k, mask=k_mask, other=0)
+        weights = tl.load(wts_ptr + t * TOP_K + offs_k, mask=k_mask, other=0.0)
     if F16X2:
         acc = _mxfp4_gemv_f16x2(h_ptr + t * TOP_K * (I // 2), I // 2, h_exp, words_ptr, scl_ptr, experts, k_mask,
-                                rows, row_mask, H, I // 32, g_loop, False, K_PAD, BLOCK_N, BLOCK_G, ASM)
+                                rows, row_mask, H, I // 32, g_loop, False, K_PAD, BLOCK_N, BLOCK_G, PAIRED, ASM,
+                                ROUTE and PDL)
     else:
         acc = _mxfp4_gemv(h_ptr + t * TOP_K * I, I, words_ptr, scl_ptr, experts, k_mask, rows, row_mask, H, I // 32,
-                          g_loop, False, True, K_PAD, BLOCK_N, BLOCK_G)
+                          g_loop, False, True, K_PAD, BLOCK_N, BLOCK_G, PAIRED, ROUTE and PDL)
     bias = tl.load(bias_ptr + experts.to(tl.int64)[:, None] * H + rows[None, :],
                    mask=k_mask[:, None] & row_mask[None, :], other=0.0)
-    weights = tl.load(wts_ptr + t * TOP_K + offs_k, mask=k_mask, other=0.0)
     out = tl.sum((acc + bias.to(tl.float32)) * weights[:, None], axis=0)
     tl.store(out_ptr + t * H + rows, out.to(out_ptr.dtype.element_ty), mask=row_mask)
     if HAS_NORM:
@@ -591,16 +664,28 @@ def _combine_kernel(gpu_ptr, seq_ptr, done_ptr, outs_ptr, slot, delta_ptr, x_ptr
 
 @triton.jit
 def _decode_tile(blk_ptr, scl_ptr, rows, row_mask, kk, G, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-                 dtype: tl.constexpr):
-    """Dense [BLOCK_N, BLOCK_K] weight tile (columns kk*BLOCK_K ...) of one expert, scaled, in ``dtype``."""
-    KB: tl.constexpr = BLOCK_K // 2
+                 dtype: tl.constexpr, PAIRED: tl.constexpr):
+    """Dense [BLOCK_N, BLOCK_K] weight tile (columns kk*BLOCK_K ...) of one expert, scaled, in ``dtype``. ``blk_ptr``:
+    the expert's bytes, or with PAIRED its int32 words in the paired layout."""
     KG: tl.constexpr = BLOCK_K // 32
-    cols = kk * KB + tl.arange(0, KB)
-    col_mask = cols < G * 16
-    packed = tl.load(blk_ptr + rows[:, None] * (G * 16) + cols[None, :],
-                     mask=row_mask[:, None] & col_mask[None, :], other=0)
-    lo, hi = _e2m1_times_2pow_m126(packed)
-    w = tl.interleave(lo, hi) * _TWO_POW_126  # [BLOCK_N, BLOCK_K] exact fp4 values
+    if PAIRED:
+        KW: tl.constexpr = BLOCK_K // 8
+        cols = kk * KW + tl.arange(0, KW)
+        q = tl.load(blk_ptr + rows[:, None] * (G * 4) + cols[None, :],
+                    mask=row_mask[:, None] & (cols < G * 4)[None, :], other=0)
+        # element e of each word at index 4a + 2c + d: the innermost join picks a, the outermost d
+        ev = tl.join(tl.join(_code_f32(q, 0, True), _code_f32(q, 4, True)),
+                     tl.join(_code_f32(q, 2, True), _code_f32(q, 6, True)))
+        od = tl.join(tl.join(_code_f32(q, 1, True), _code_f32(q, 5, True)),
+                     tl.join(_code_f32(q, 3, True), _code_f32(q, 7, True)))
+        w = tl.reshape(tl.join(ev, od), [BLOCK_N, BLOCK_K]) * _TWO_POW_126
+    else:
+        KB: tl.constexpr = BLOCK_K // 2
+        cols = kk * KB + tl.arange(0, KB)
+        packed = tl.load(blk_ptr + rows[:, None] * (G * 16) + cols[None, :],
+                         mask=row_mask[:, None] & (cols < G * 16)[None, :], other=0)
+        lo, hi = _e2m1_times_2pow_m126(packed)
+        w = tl.interleave(lo, hi) * _TWO_POW_126  # [BLOCK_N, BLOCK_K] exact fp4 values
     gs = kk * KG + tl.arange(0, KG)
     s = tl.load(scl_ptr + rows[:, None] * G + gs[None, :], mask=row_mask[:, None] & (gs < G)[None, :], other=0)
     w = tl.reshape(w, [BLOCK_N, KG, 32]) * _pow2(s.to(tl.int32))[:, :, None]
@@ -628,7 +713,8 @@ def _tile_segment(meta_ptr, E, BLOCK_M: tl.constexpr, E_PAD: tl.constexpr):
 def _gate_up_grouped_kernel(x_ptr, order_ptr, meta_ptr, blk_ptr, scl_ptr, bias_ptr, h_ptr,
                             E, H, I, stride_x, alpha, limit,
                             TOP_K: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr,
-                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
+                            BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                            PAIRED: tl.constexpr):
     e, valid, start, end = _tile_segment(meta_ptr, E, BLOCK_M, E_PAD)
     G = H // 32
     N2 = 2 * I
@@ -638,7 +724,7 @@ def _gate_up_grouped_kernel(x_ptr, order_ptr, meta_ptr, blk_ptr, scl_ptr, bias_p
     rows_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rows_n < N2
     e64 = e.to(tl.int64)
-    blk = blk_ptr + e64 * N2 * G * 16
+    blk = blk_ptr + e64 * N2 * G * (4 if PAIRED else 16)
     scl = scl_ptr + e64 * N2 * G
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -647,7 +733,7 @@ def _gate_up_grouped_kernel(x_ptr, order_ptr, meta_ptr, blk_ptr, scl_ptr, bias_p
         ks = kk * BLOCK_K + offs_k
         a = tl.load(x_ptr + tok[:, None] * stride_x + ks[None, :], mask=m_mask[:, None] & (ks < H)[None, :],
                     other=0.0)
-        w = _decode_tile(blk, scl, rows_n, n_mask, kk, G, BLOCK_N, BLOCK_K, DOT_DTYPE)
+        w = _decode_tile(blk, scl, rows_n, n_mask, kk, G, BLOCK_N, BLOCK_K, DOT_DTYPE, PAIRED)
         acc = tl.dot(a.to(DOT_DTYPE), tl.trans(w), acc, input_precision="ieee")
     acc += tl.load(bias_ptr + e64 * N2 + rows_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     gate, up = tl.split(tl.reshape(acc, [BLOCK_M, BLOCK_N // 2, 2]))
@@ -661,7 +747,7 @@ def _gate_up_grouped_kernel(x_ptr, order_ptr, meta_ptr, blk_ptr, scl_ptr, bias_p
 def _down_grouped_kernel(h_ptr, order_ptr, wts_ptr, meta_ptr, blk_ptr, scl_ptr, bias_ptr, y_ptr,
                          E, H, I,
                          E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                         BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr):
+                         BLOCK_K: tl.constexpr, DOT_DTYPE: tl.constexpr, PAIRED: tl.constexpr):
     e, valid, start, end = _tile_segment(meta_ptr, E, BLOCK_M, E_PAD)
     G = I // 32
     rows_m = start + tl.arange(0, BLOCK_M)
@@ -669,7 +755,7 @@ def _down_grouped_kernel(h_ptr, order_ptr, wts_ptr, meta_ptr, blk_ptr, scl_ptr, 
     rows_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = rows_n < H
     e64 = e.to(tl.int64)
-    blk = blk_ptr + e64 * H * G * 16
+    blk = blk_ptr + e64 * H * G * (4 if PAIRED else 16)
     scl = scl_ptr + e64 * H * G
     offs_k = tl.arange(0, BLOCK_K)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -677,7 +763,7 @@ def _down_grouped_kernel(h_ptr, order_ptr, wts_ptr, meta_ptr, blk_ptr, scl_ptr, 
     for kk in range(n_k):
         ks = kk * BLOCK_K + offs_k
         a = tl.load(h_ptr + rows_m[:, None] * I + ks[None, :], mask=m_mask[:, None] & (ks < I)[None, :], other=0.0)
-        w = _decode_tile(blk, scl, rows_n, n_mask, kk, G, BLOCK_N, BLOCK_K, DOT_DTYPE)
+        w = _decode_tile(blk, scl, rows_n, n_mask, kk, G, BLOCK_N, BLOCK_K, DOT_DTYPE, PAIRED)
         acc = tl.dot(a.to(DOT_DTYPE), tl.trans(w), acc, input_precision="ieee")
     acc += tl.load(bias_ptr + e64 * H + rows_n, mask=n_mask, other=0.0).to(tl.float32)[None, :]
     pair = tl.load(order_ptr + rows_m, mask=m_mask, other=0)
@@ -691,7 +777,7 @@ def _down_grouped_kernel(h_ptr, order_ptr, wts_ptr, meta_ptr, blk_ptr, scl_ptr, 
 
 # Launch shapes, chosen on an H200 (see .notes/kernels.md); the benchmark script overrides them to sweep.
 DECODE_CONFIG = {"gate_up": {"BLOCK_N": 16, "BLOCK_G": 16, "num_warps": 4},
-                 "down": {"BLOCK_N": 8, "BLOCK_G": 16, "num_warps": 4}}
+                 "down": {"BLOCK_N": 4, "BLOCK_G": 16, "num_warps": 4}}
 PREFILL_CONFIG = {"BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "num_stages": 4}
 PREFILL_CONFIG_FP32 = {"BLOCK_N": 64, "BLOCK_K": 32, "num_warps": 4, "num_stages": 2}
 
@@ -713,17 +799,25 @@ def _counters(device: torch.device, tokens: int) -> torch.Tensor:
 
 
 def _words(blocks: torch.Tensor) -> torch.Tensor:
-    """The packed bytes viewed as int32 words (no copy): the GEMV kernels decode 8 codes per word."""
+    """The experts as int32 words (no copy): the GEMV kernels decode 8 codes per word. Paired blocks (int32, see
+    kernels/mxfp4.py) are words already."""
     return blocks.contiguous().view(torch.int32)
+
+
+def _paired(blocks: torch.Tensor) -> bool:
+    """Checkpoint-layout blocks are uint8 [..., G, 16]; paired ones (re-laid for the decode GEMVs) int32 [..., G, 4]."""
+    return blocks.dtype == torch.int32
 
 
 def _check(x: torch.Tensor, gate_up_blocks: torch.Tensor, down_blocks: torch.Tensor, top_k: int) -> None:
     if not (x.is_cuda or interpreting()):
         raise ValueError("the Triton MoE needs CUDA tensors (or TRITON_INTERPRET=1); use moe_reference on the CPU")
     E, _, G, nb = gate_up_blocks.shape
-    if nb != _BYTES or G * _GROUP != x.shape[1] or down_blocks.shape[:2] != (E, x.shape[1]):
-        raise ValueError(f"MXFP4 expert shapes {tuple(gate_up_blocks.shape)} / {tuple(down_blocks.shape)} do not "
-                         f"fit hidden size {x.shape[1]}")
+    paired = _paired(gate_up_blocks)
+    if (nb != (_BYTES // 4 if paired else _BYTES) or paired != _paired(down_blocks) or G * _GROUP != x.shape[1]
+            or down_blocks.shape[:2] != (E, x.shape[1])):
+        raise ValueError(f"MXFP4 expert shapes {tuple(gate_up_blocks.shape)} / {tuple(down_blocks.shape)} "
+                         f"({gate_up_blocks.dtype} / {down_blocks.dtype}) do not fit hidden size {x.shape[1]}")
     if not 1 <= top_k <= E:
         raise ValueError(f"top_k must be in 1..{E}, got {top_k}")
 
@@ -789,24 +883,27 @@ def gate_up_decode(x: torch.Tensor, routing: tuple[torch.Tensor, ...], blocks: t
     wts = torch.empty(T * top_k, dtype=torch.float32, device=x.device)
     h = (torch.empty(T * top_k, N2 // 4, dtype=torch.int32, device=x.device) if f16x2 else
          torch.empty(T * top_k, N2 // 2, dtype=x.dtype, device=x.device))
-    cfg = DECODE_CONFIG["gate_up"]
+    cfg = dict(DECODE_CONFIG["gate_up"])
     if f16x2 and cfg["BLOCK_N"] % 16:
         raise ValueError(f"the fp16x2 gate_up GEMV packs 8 h columns per program at least: BLOCK_N {cfg['BLOCK_N']}")
-    _gate_up_decode_kernel[(T, triton.cdiv(n_rows, cfg["BLOCK_N"]))](
+    k_pad = triton.next_power_of_2(top_k)
+    experts = max(1, k_pad // cfg.pop("expert_slices", 1))  # per program; more programs, each a slice of the k
+    _gate_up_decode_kernel[(T, triton.cdiv(n_rows, cfg["BLOCK_N"]), k_pad // experts)](
         x, logits, x_exp, x2, ids, wts, _words(blocks), scales, bias, h, E, H, N2 // 2, n_rows, x.stride(0),
-        float(alpha),
-        float(limit), _h_exp(limit), TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k),
-        E_PAD=triton.next_power_of_2(E), F16X2=f16x2, ASM=not interpreting(), **cfg, **pdl.launch(x))
+        float(alpha), float(limit), _h_exp(limit), TOP_K=top_k, K_PAD=k_pad, E_PAD=triton.next_power_of_2(E),
+        EXPERTS=experts, F16X2=f16x2, PAIRED=_paired(blocks), ASM=not interpreting(), **cfg, **pdl.launch(x))
     return ids, wts, h
 
 
 def down_decode(h: torch.Tensor, ids: torch.Tensor, wts: torch.Tensor, blocks: torch.Tensor, scales: torch.Tensor,
                 bias: torch.Tensor, top_k: int, limit: float, out: torch.Tensor,
-                residual: Residual | None = None,
-                columns: int | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
+                residual: Residual | None = None, columns: int | None = None,
+                logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | torch.Tensor:
     """Decode step 3: down GEMV over the k experts, bias, routing weights, sum over k -> out [T, H]. With
     ``residual`` the same launch also ends the layer: -> (x + out, rms_norm(x + out)), as norm.add_rms_norm.
-    ``columns``: sum over h[:, :columns] only (a multiple of 32)."""
+    ``columns``: sum over h[:, :columns] only (a multiple of 32). ``logits``: the router logits [T, E] the
+    gate_up kernel routed ``ids``/``wts`` from, launched right before it: the kernel routes from them itself and
+    requests its first weights before waiting for h (see _down_decode_kernel)."""
     T, H = out.shape
     I = blocks.shape[2] * 32
     f16x2 = h.dtype == torch.int32
@@ -821,11 +918,13 @@ def down_decode(h: torch.Tensor, ids: torch.Tensor, wts: torch.Tensor, blocks: t
     else:
         x = norm_w = res = t = count = out
         eps = 0.0
+    E = logits.shape[1] if logits is not None else blocks.shape[0]
     _down_decode_kernel[(T, triton.cdiv(H, cfg["BLOCK_N"]))](
-        h, ids, wts, _words(blocks), scales, bias, out, H, I, (I if columns is None else columns) // 32, _h_exp(limit),
-        x, norm_w, res, t, count, float(eps), TOP_K=top_k, K_PAD=triton.next_power_of_2(top_k), F16X2=f16x2,
-        ASM=not interpreting(), HAS_NORM=residual is not None, BLOCK_H=triton.next_power_of_2(H), **cfg,
-        **pdl.launch(h))
+        h, ids, wts, logits if logits is not None else wts, _words(blocks), scales, bias, out, E, H, I,
+        (I if columns is None else columns) // 32, _h_exp(limit), x, norm_w, res, t, count, float(eps), TOP_K=top_k,
+        K_PAD=triton.next_power_of_2(top_k), E_PAD=triton.next_power_of_2(E), F16X2=f16x2, PAIRED=_paired(blocks),
+        ASM=not interpreting(), HAS_NORM=residual is not None, ROUTE=logits is not None,
+        BLOCK_H=triton.next_power_of_2(H), **cfg, **pdl.launch(h))
     return out if residual is None else (res, t)
 
 
@@ -838,7 +937,7 @@ def experts_decode(x: torch.Tensor, routing: tuple[torch.Tensor, ...], gate_up_b
     _check(x, gate_up_blocks, down_blocks, top_k)
     ids, wts, h = gate_up_decode(x, routing, gate_up_blocks, gate_up_scales, gate_up_bias, top_k, alpha, limit)
     return down_decode(h, ids, wts, down_blocks, down_scales, down_bias, top_k, limit, torch.empty_like(x),
-                       residual)
+                       residual, logits=routing[0])
 
 
 @dataclass
@@ -944,11 +1043,12 @@ def moe_prefill(x: torch.Tensor, router_weight: torch.Tensor, router_bias: torch
     h = torch.empty(P, I, dtype=x.dtype, device=x.device)
     _gate_up_grouped_kernel[(n_m, triton.cdiv(N2, cfg["BLOCK_N"]))](
         x, order, meta, gate_up_blocks, gate_up_scales, gate_up_bias, h, E, H, I, x.stride(0),
-        float(alpha), float(limit), TOP_K=top_k, E_PAD=e_pad, BLOCK_M=block_m, DOT_DTYPE=operand, **cfg)
+        float(alpha), float(limit), TOP_K=top_k, E_PAD=e_pad, BLOCK_M=block_m, DOT_DTYPE=operand,
+        PAIRED=_paired(gate_up_blocks), **cfg)
     y = torch.empty(P, H, dtype=torch.float32, device=x.device)
     _down_grouped_kernel[(n_m, triton.cdiv(H, cfg["BLOCK_N"]))](
         h, order, wts.flatten().contiguous(), meta, down_blocks, down_scales, down_bias, y, E, H, I,
-        E_PAD=e_pad, BLOCK_M=block_m, DOT_DTYPE=operand, **cfg)
+        E_PAD=e_pad, BLOCK_M=block_m, DOT_DTYPE=operand, PAIRED=_paired(down_blocks), **cfg)
     return y.view(T, top_k, H).sum(1).to(x.dtype)
 
 

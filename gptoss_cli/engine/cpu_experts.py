@@ -101,6 +101,8 @@ class HostExperts:
     def from_tensors(cls, gate_up_blocks: torch.Tensor, gate_up_scales: torch.Tensor, gate_up_bias: torch.Tensor,
                      down_blocks: torch.Tensor, down_scales: torch.Tensor, down_bias: torch.Tensor) -> HostExperts:
         def packed(t: torch.Tensor) -> np.ndarray:
+            if t.dtype == torch.int32:  # re-laid for the GPU's decode (model/fast.py): a copy in the hub's layout
+                t = mxfp4.from_paired(t.detach().cpu())
             if t.dtype != torch.uint8:
                 raise TypeError(f"MXFP4 blocks and scales must be uint8, got {t.dtype}")
             return np.ascontiguousarray(t.detach().cpu().numpy())

@@ -328,6 +328,10 @@ def _finish(net: GptOss, cfg: GptOssConfig, dev: torch.device, context: int, chu
     offload = with_offload(net, cache_slots) if dev.type == "cuda" else None
     if offload is not None:
         remember_h2d(dev)  # the rate that bounds this decode, for the next plan's estimate
+    if net.ops.name.startswith("triton"):
+        from ..model.fast import pair_experts
+
+        pair_experts(net)  # before the KV cache takes its memory: the re-lay needs a few tens of MB of scratch
     cache = KVCache(cfg, context, dev, net.dtype)
     engine = Engine(model=net, config=cfg, cache=cache, prefill_chunk=chunk, offload=offload, **kwargs)
     if note:

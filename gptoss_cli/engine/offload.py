@@ -42,6 +42,7 @@ from functools import partial
 import numpy as np
 import torch
 import torch.nn.functional as F
+from gptoss_kernels import mxfp4
 
 from .. import speeds
 from ..errors import GptossError
@@ -193,6 +194,8 @@ class ExpertOffload:
             layer = model.layers[i]
             for name in ("gate_up_blocks", "gate_up_scales", "down_blocks", "down_scales"):
                 host = getattr(layer, name).cpu()
+                if host.dtype == torch.int32:  # re-laid for the GPU's decode (model/fast.py): back to the hub's
+                    host = mxfp4.from_paired(host)
                 setattr(layer, name, host.pin_memory() if pin else host)
             self.host[i] = cpu_experts.HostExperts.from_tensors(
                 layer.gate_up_blocks, layer.gate_up_scales, layer.gate_up_bias, layer.down_blocks,

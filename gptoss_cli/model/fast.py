@@ -48,6 +48,22 @@ def experts_reachable(blocks: torch.Tensor, x: torch.Tensor) -> bool:
     return x.is_cuda and x.shape[0] <= DECODE_MAX_TOKENS and blocks.is_pinned()
 
 
+def pair_experts(model: GptOss) -> int:
+    """Re-lay the experts kept on the model's device in the paired layout (kernels/mxfp4.py), in place: the decode
+    GEMVs then build each fp16 pair of codes with 11 instead of 15 instructions a word (measured on an H200: the
+    20b decode step 1,343 -> 1,286 us with int8 attention). Experts in host RAM keep the checkpoint layout, which
+    the CPU share and the PCIe copies read. Returns how many layers were re-laid."""
+    from gptoss_kernels import mxfp4
+
+    count = 0
+    for layer in model.layers:
+        if layer.gate_up_blocks.device == model.device and layer.gate_up_blocks.dtype == torch.uint8:
+            layer.gate_up_blocks = mxfp4.to_paired_(layer.gate_up_blocks)
+            layer.down_blocks = mxfp4.to_paired_(layer.down_blocks)
+            count += 1
+    return count
+
+
 def fast_ops() -> Ops:
     from gptoss_kernels import attention as attn_kernels
     from gptoss_kernels import gemv as gemv_kernels

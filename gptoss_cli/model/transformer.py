@@ -54,7 +54,9 @@ class Layer:
     mlp_norm: torch.Tensor  # [H] fp32
     router_w: torch.Tensor  # [E, H]
     router_b: torch.Tensor  # [E]
-    gate_up_blocks: torch.Tensor  # [E, 2I, H/32, 16] uint8; rows interleave gate (even) and up (odd)
+    # [E, 2I, H/32, 16] uint8; rows interleave gate (even) and up (odd). On the fast path, experts kept on the GPU
+    # are int32 [E, 2I, H/32, 4] in the paired layout (kernels/mxfp4.py; model/fast.py pair_experts), down too.
+    gate_up_blocks: torch.Tensor
     gate_up_scales: torch.Tensor  # [E, 2I, H/32] uint8
     gate_up_bias: torch.Tensor  # [E, 2I]
     down_blocks: torch.Tensor  # [E, H, I/32, 16] uint8
