@@ -56,17 +56,20 @@ def _gemv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, N, K, stride_x, stride_y,
 
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x [T, K] @ w [N, K]^T (+ bias [N]) -> [T, N] in x's dtype: the GEMV for T <= GEMV_MAX_TOKENS on CUDA
-    (or under the interpreter), else torch's GEMM. fp32 accumulation."""
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None,
+           out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x [T, K] @ w [N, K]^T (+ bias [N]) -> [T, N] in ``out_dtype`` (default x's): the GEMV for T <= GEMV_MAX_TOKENS
+    on CUDA (or under the interpreter), which rounds its fp32 sums once, to that dtype; else torch's GEMM in x's
+    dtype, converted."""
     T, K = x.shape
     if T > GEMV_MAX_TOKENS or not (x.is_cuda or interpreting()) or w.device != x.device:
-        return F.linear(x, w, bias)
+        y = F.linear(x, w, bias)
+        return y if out_dtype is None else y.to(out_dtype)
     N = w.shape[0]
     if w.shape != (N, K) or (bias is not None and bias.shape != (N,)):
         raise ValueError(f"linear shapes disagree: x {tuple(x.shape)}, w {tuple(w.shape)}")
     x, w = x.contiguous(), w.contiguous()
-    y = torch.empty(T, N, dtype=x.dtype, device=x.device)
+    y = torch.empty(T, N, dtype=out_dtype or x.dtype, device=x.device)
     cfg = GEMV_CONFIG_LARGE if w.numel() * w.element_size() >= GEMV_LARGE_BYTES else GEMV_CONFIG
     _gemv_kernel[(triton.cdiv(N, cfg["BLOCK_N"]), T)](x, w, bias if bias is not None else w, y, N, K, x.stride(0),
                                                       y.stride(0), HAS_BIAS=bias is not None, **cfg,

@@ -152,8 +152,10 @@ GEMM_CONFIG = {"BLOCK_M": 64, "BLOCK_N": 128, "BLOCK_K": 64, "num_warps": 4, "nu
 
 
 
-def linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """x [T, K] @ int8 q [N, K]^T * scale [N] (+ bias [N]) -> [T, N] in x's dtype, with the Triton kernels."""
+def linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None,
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x [T, K] @ int8 q [N, K]^T * scale [N] (+ bias [N]) -> [T, N] in ``out_dtype`` (default x's), with the Triton
+    kernels; the fp32 sums are rounded once, to that dtype (the lm_head's logits: fp32, no bf16 round trip)."""
     if not (x.is_cuda or interpreting()):
         raise ValueError("the Triton int8 linear needs CUDA tensors (or TRITON_INTERPRET=1); use the reference")
     T, K = x.shape
@@ -164,7 +166,7 @@ def linear_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor, bias: tor
         raise ValueError(f"int8 linear shapes disagree: x {tuple(x.shape)}, q {tuple(q.shape)} {q.dtype}, "
                          f"scale {tuple(scale.shape)}")
     x, q = x.contiguous(), q.contiguous()
-    y = torch.empty(T, N, dtype=x.dtype, device=x.device)
+    y = torch.empty(T, N, dtype=out_dtype or x.dtype, device=x.device)
     b = bias if bias is not None else scale
     if T <= GEMV_MAX_TOKENS:
         cfg = (GEMV_CONFIG if N * K >= GEMV_SMALL_BYTES else

@@ -193,3 +193,14 @@ def test_a_step_samples_only_where_the_graph_embeds_and_projects(tiny_model_dir:
     with pytest.raises(ValueError, match="embedding and lm_head on the GPU"):
         graphs.step(None, 0, Sampler(SamplingParams(temperature=0)))
     assert list(eng.generate([1, 2, 3], max_new_tokens=6, temperature=0, stop=[])) == want
+
+
+def test_pick_writes_into_the_given_tensor() -> None:
+    """A CUDA-graph step samples into its own input id: greedy writes it directly, sampling copies it; the id is
+    the same as without ``out``, for the same seed."""
+    logits = torch.randn(1000, generator=torch.Generator().manual_seed(1))
+    for params in (SamplingParams(temperature=0), SamplingParams(temperature=1.0, top_p=0.9, seed=5)):
+        out = torch.full((1,), -1, dtype=torch.long)
+        want = Sampler(params).pick(logits)
+        got = Sampler(params).pick(logits, out=out)
+        assert got is out and torch.equal(out, want)

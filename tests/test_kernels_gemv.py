@@ -30,3 +30,16 @@ def test_many_rows_go_to_torch() -> None:
     x = torch.randn(gemv.GEMV_MAX_TOKENS + 1, 64)
     w = torch.randn(16, 64)
     torch.testing.assert_close(gemv.linear(x, w, None), x @ w.T)
+
+
+def test_gemv_writes_the_fp32_sums_when_asked() -> None:
+    """Float32 output from a bf16 GEMV (the lm_head's logits): the fp32 sums, rounded once when bf16 is asked for."""
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 160, generator=gen).bfloat16().to(DEVICE)
+    w = torch.randn(40, 160, generator=gen).bfloat16().to(DEVICE)
+    exact = x.double() @ w.double().T
+    out = gemv.linear(x, w, None, torch.float32)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
+    # one rounding of the same sums (Triton's CPU interpreter truncates to bf16, a GPU rounds to nearest)
+    torch.testing.assert_close(gemv.linear(x, w, None).float(), out, rtol=2**-7, atol=0)

@@ -62,3 +62,18 @@ def test_linear_int8_rejects_k_not_divisible_by_four() -> None:
     q, scale = int8.quantize_int8(torch.randn(8, 6))
     with pytest.raises(ValueError, match="divisible by 4"):
         int8.linear_int8(torch.randn(1, 6, device=DEVICE), q.to(DEVICE), scale.to(DEVICE), None)
+
+
+def test_linear_int8_writes_the_fp32_sums_when_asked() -> None:
+    """The lm_head asks for float32 logits: the GEMV stores its fp32 sums once, with no bf16 round trip, so they
+    match the float64 product to fp32 precision where the bf16 output is ~2**-8 off."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(1, 256, generator=gen).bfloat16().to(DEVICE)
+    q, scale = int8.quantize_int8(torch.randn(48, 256, generator=gen).to(DEVICE))
+    exact = x.double() @ (q.double() * scale.double()[:, None]).T
+    out = int8.linear_int8(x, q, scale, None, torch.float32)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out.double(), exact, rtol=1e-5, atol=1e-5 * exact.abs().max().item())
+    rounded = int8.linear_int8(x, q, scale, None)
+    assert rounded.dtype == torch.bfloat16  # one rounding of the same sums (the interpreter truncates)
+    torch.testing.assert_close(rounded.float(), out, rtol=2**-7, atol=0)

@@ -76,7 +76,7 @@ class DecodeGraphs:
             return hidden
         logits = self.model.logits(hidden)
         if sampler is not None:
-            self.token.copy_(sampler.pick(logits[0], self.u))
+            sampler.pick(logits[0], self.u, out=self.token)
         return logits
 
     def _capture(self, key: tuple, kv_len: int, sampler: Sampler | None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:

@@ -47,14 +47,18 @@ class Sampler:
         """The next uniform number of this generation's stream (one per sampled token)."""
         return torch.rand((), generator=self.generator).item()
 
-    def pick(self, logits: torch.Tensor, u: torch.Tensor | None = None) -> torch.Tensor:
+    def pick(self, logits: torch.Tensor, u: torch.Tensor | None = None,
+             out: torch.Tensor | None = None) -> torch.Tensor:
         """logits [vocab] -> the token id as a long tensor [1] where the logits are, without waiting for it: the
         engine queues the next decode step on that tensor before it reads the id back. ``u``: the uniform number
         as a tensor [1] on the logits' device (a CUDA graph's input, filled from ``draw`` before each replay);
-        by default one is drawn here."""
+        by default one is drawn here. ``out``: a long tensor [1] to write the id into (greedy picks write it
+        directly, one kernel less in each decode step)."""
         p = self.params
         if p.temperature == 0:
-            return torch.argmax(logits, dim=-1, keepdim=True)
+            return torch.argmax(logits, dim=-1, keepdim=True, out=out)
+        if out is not None:
+            return out.copy_(self.pick(logits, u))
         logits = logits.float() / p.temperature
         if p.top_k and p.top_k < logits.shape[-1]:
             kth = torch.topk(logits, p.top_k).values[-1]

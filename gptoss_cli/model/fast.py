@@ -71,12 +71,13 @@ def fast_ops() -> Ops:
     from gptoss_kernels import moe as moe_kernels
     from gptoss_kernels import norm as norm_kernels
 
-    def linear(x: torch.Tensor, w: Weight, b: torch.Tensor | None) -> torch.Tensor:
+    def linear(x: torch.Tensor, w: Weight, b: torch.Tensor | None,
+               out_dtype: torch.dtype | None = None) -> torch.Tensor:
         if isinstance(w, Int8Weight):
             if w.q.device != x.device:
-                return ref.linear(x, w, b)
-            return int8_kernels.linear_int8(x, w.q, w.scale, b)
-        return gemv_kernels.linear(x, w, b)
+                return ref.linear(x, w, b, out_dtype)
+            return int8_kernels.linear_int8(x, w.q, w.scale, b, out_dtype)
+        return gemv_kernels.linear(x, w, b, out_dtype)
 
     def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
         if not _on_kernels(x):

@@ -65,11 +65,13 @@ class Layer:
     sliding: bool
 
 
-def linear(x: torch.Tensor, w: Weight, b: torch.Tensor | None) -> torch.Tensor:
-    """y = x @ w.T + b; an int8 weight is dequantized on the fly (the fast path reads int8 directly)."""
+def linear(x: torch.Tensor, w: Weight, b: torch.Tensor | None, out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """y = x @ w.T + b; an int8 weight is dequantized on the fly (the fast path reads int8 directly). ``out_dtype``:
+    the result's dtype (here x's dtype, then converted; the fast path writes it from its fp32 sums)."""
     if isinstance(w, Int8Weight):
         w = (w.q.float() * w.scale.float()[:, None]).to(x.dtype)
-    return F.linear(x, w, b)
+    y = F.linear(x, w, b)
+    return y if out_dtype is None else y.to(out_dtype)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -160,7 +162,7 @@ class Ops:
     """The model's kernels: the plain-torch reference here, or the Triton fast path (model/fast.py)."""
 
     name: str
-    linear: Callable[[torch.Tensor, Weight, torch.Tensor | None], torch.Tensor]
+    linear: Callable[..., torch.Tensor]  # (x, w, b, out_dtype=None)
     rms_norm: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
     attention: Callable[..., torch.Tensor]
     moe: Callable[[torch.Tensor, Layer, GptOssConfig], torch.Tensor]
@@ -281,4 +283,4 @@ class GptOss:
         w = self.lm_head
         where = w.q.device if isinstance(w, Int8Weight) else w.device
         ops = self.ops if where == self.device else REFERENCE_OPS
-        return ops.linear(hidden.to(where), w, None).float()
+        return ops.linear(hidden.to(where), w, None, torch.float32)
