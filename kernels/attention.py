@@ -121,6 +121,13 @@ def _prefill_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, q_pos_ptr, k_pos_ptr, out_pt
 
 
 @triton.jit
+def _prefetch_l2(ptrs):
+    """Ask L2 for the lines at ``ptrs`` (no registers, no ordering): a hint that is always safe to give."""
+    return tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs.to(tl.int64)],
+                                     dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
 def _decode_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, q_pos_ptr, k_pos_ptr, out_ptr, acc_ws, ml_ws,
                    S, ROWS, keys_per_split, stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                    stride_ot, qk_scale, window,
@@ -130,10 +137,22 @@ def _decode_kernel(q_ptr, k_ptr, v_ptr, sinks_ptr, q_pos_ptr, k_pos_ptr, out_ptr
 
     With SPLIT the un-normalised partial (acc, max, sum) goes to the workspace for the combine kernel; without it
     the program finishes the softmax (sink included) itself.
+
+    With PDL the program first lets the next kernel launch and asks L2 for its first block of keys, values and
+    key positions, then waits for the RoPE kernel: those lines are in HBM (a decode step streams GBs of weights
+    through L2 between two visits of a layer's cache), and the slot RoPE writes now is read after the wait, from
+    L2, like every other line (a prefetch hint never returns stale data).
     """
-    pdl.wait(PDL)
     kv_head = tl.program_id(0)
     split = tl.program_id(1)
+    if PDL:
+        pdl.signal(PDL)
+        first = split * keys_per_split + tl.arange(0, BLOCK_N)
+        ahead = first < S
+        _prefetch_l2(tl.where(ahead, k_ptr + first * stride_kt + kv_head * stride_kh, k_ptr))
+        _prefetch_l2(tl.where(ahead, v_ptr + first * stride_vt + kv_head * stride_vh, v_ptr))
+        _prefetch_l2(tl.where(ahead, k_pos_ptr + first, k_pos_ptr))
+        pdl.wait_only(PDL)
     offs_r = tl.arange(0, BLOCK_R)
     offs_d = tl.arange(0, HEAD_D)
     r_mask = offs_r < ROWS
