@@ -197,13 +197,13 @@ def test_down_decode_with_residual_ends_the_layer_like_add_rms_norm(T: int) -> N
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("path,T", [("decode", 1), ("decode", 3), ("prefill", 37)])
+@pytest.mark.parametrize("path,T", [("decode", 1), ("decode", 2), ("prefill", 37)])
 def test_paired_layout_gives_the_same_output_bit_for_bit(path: str, T: int, dtype: torch.dtype) -> None:
     """Experts the engine keeps on the GPU are re-laid (mxfp4.to_paired) for a cheaper decode: every kernel that
     reads them (fp16x2 and fp32 GEMVs, the prefill GEMMs) must see the same codes, so the output is bit-identical."""
     from gptoss_kernels import mxfp4
 
-    args = list(_inputs(T, 96, 64, 5, 2, dtype, seed=T * 100 + 11))
+    args = list(_inputs(T, 64, 96, 5, 2, dtype, seed=T * 100 + 11))
     run = moe_kernels.moe_decode if path == "decode" else moe_kernels.moe_prefill
     hub = run(*args, 2)
     args[3], args[6] = mxfp4.to_paired(args[3]), mxfp4.to_paired(args[6])
@@ -217,7 +217,7 @@ def test_paired_layout_gives_the_same_output_bit_for_bit(path: str, T: int, dtyp
 def test_gate_up_split_over_expert_slices_gives_the_same_output(slices: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """A launch shape for balance: each gate_up program computes a slice of the token's k experts (top_k = 3 pads to
     4: with 2 slices the second has one masked slot, with 4 one slot each). Same math, so bit-identical."""
-    args = _inputs(2, 96, 64, 6, 3, torch.bfloat16, seed=21)
+    args = _inputs(1, 64, 64, 6, 3, torch.bfloat16, seed=21)
     want = moe_kernels.moe_decode(*args, 3)
     monkeypatch.setitem(moe_kernels.DECODE_CONFIG, "gate_up", {**moe_kernels.DECODE_CONFIG["gate_up"],
                                                                "expert_slices": slices})
