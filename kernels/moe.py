@@ -108,24 +108,16 @@ def _pow2(biased_exponent):
 
 
 @triton.jit
-def _shift_left(w, n: tl.constexpr):
-    """w << n, or w >> -n (arithmetic) for a negative n: callers mask away the bits a sign copy could reach."""
-    if n >= 0:
-        r = w << n
-    else:
-        r = w >> (-n)
-    return r
-
-
-@triton.jit
 def _code_f32(w, E: tl.constexpr, PAIRED: tl.constexpr):
     """int32 words -> code E (element E of each word's 8) as fp32 ``fp4 * 2**-126``: sign to bit 31, magnitude to
-    bits 22..24. Checkpoint layout: code E at bits 4E..4E+3; PAIRED: where kernels/mxfp4.py's paired layout puts it."""
+    bits 22..24. Checkpoint layout: code E at bits 4E..4E+3. PAIRED: taken from the fp16 lane ``_f16x2_codes``
+    builds (the one place that knows where the paired layout keeps each code)."""
     if PAIRED:
-        up: tl.constexpr = 16 * (E // 4)
-        mag: tl.constexpr = (9 if E % 4 == 0 else (6 if E % 4 == 1 else (0 if E % 4 == 2 else 3))) + up
-        sign: tl.constexpr = (15 if E % 4 == 0 else (12 if E % 4 == 1 else (13 if E % 4 == 2 else 14))) + up
-        v = (_shift_left(w, 22 - mag) & 0x01C00000) | (_shift_left(w, 31 - sign) & _SIGN_BIT)
+        r = _f16x2_codes(w, E % 4, True)
+        if E < 4:  # low lane: magnitude 9..11, sign 15
+            v = ((r << 13) & 0x01C00000) | ((r << 16) & _SIGN_BIT)
+        else:  # high lane: magnitude 25..27, sign 31
+            v = ((r >> 3) & 0x01C00000) | (r & _SIGN_BIT)
     elif E == 7:
         v = (w >> 6) & _SIGN_AND_MAGNITUDE
     else:
