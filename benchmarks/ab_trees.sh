@@ -28,6 +28,6 @@ for ((i = 1; i <= rounds; i++)); do
     for a in "$@"; do
       if [[ $a == *.py && ! -e $src/$a && -e $new/$a ]]; then args+=("$new/$a"); else args+=("$a"); fi
     done
-    (cd "$src" && OUT="$out" PYTHONPATH="$src:/tmp/ab_$tree" "${args[@]}" 2>&1 | sed "s/^/[$tree] /")
+    (cd "$src" && OUT="$out" PYTHONPATH="$src:/tmp/ab_$tree${PYTHONPATH:+:$PYTHONPATH}" "${args[@]}" 2>&1 | sed "s/^/[$tree] /")
   done
 done

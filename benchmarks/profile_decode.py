@@ -78,6 +78,7 @@ def main() -> None:
     from gptoss_cli.engine.graphs import kv_bucket
     kv_len = kv_bucket(position + 1, engine.cache.context_length)
     graphs.pos.fill_(position)
+    graphs.pos_now = None  # set behind the graphs' back: the next step must fill it again
     reps = 8
     with torch.inference_mode():
         graphs._body(kv_len, None)

@@ -4,6 +4,7 @@ Math (specs/gpt-oss-model.md §4.2): statistics in fp32, ``x * rsqrt(mean(x^2) +
 cast to the activation dtype. The fused form first forms the new residual ``x + delta`` in the activation dtype
 (one rounding, as ``x + delta`` in torch), returns it, and normalises it: one read of each input and one write of
 each output instead of the half-dozen element-wise launches torch needs (it matters at decode, where each is a launch).
+A decode step starts with ``embed_rms_norm``: the token's embedding row looked up and normalised in the same launch.
 """
 
 from __future__ import annotations
@@ -65,6 +66,26 @@ def _rms_norm_kernel(x_ptr, delta_ptr, w_ptr, res_ptr, y_ptr, H, stride_x, strid
         _rms_norm_store(x, w_ptr, y_ptr + row * stride_y, H, eps, offs, mask)
 
 
+def embed_rms_norm_reference(ids: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, eps: float,
+                             dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [T] -> (table[ids] in ``dtype``, its rms_norm)."""
+    x = table[ids].to(dtype)
+    return x, rms_norm_reference(x, weight, eps)
+
+
+@triton.jit
+def _embed_rms_norm_kernel(ids_ptr, table_ptr, w_ptr, x_ptr, y_ptr, H, stride_table, eps, BLOCK_H: tl.constexpr,
+                           PDL: tl.constexpr):
+    pdl.wait(PDL)
+    row = tl.program_id(0)
+    offs = tl.arange(0, BLOCK_H)
+    mask = offs < H
+    src = table_ptr + tl.load(ids_ptr + row).to(tl.int64) * stride_table
+    x = tl.load(src + offs, mask=mask, other=0.0).to(x_ptr.dtype.element_ty)
+    tl.store(x_ptr + row * H + offs, x, mask=mask)
+    _rms_norm_store(x.to(tl.float32), w_ptr, y_ptr + row * H, H, eps, offs, mask)
+
+
 def _check(x: torch.Tensor, weight: torch.Tensor) -> None:
     if not (x.is_cuda or interpreting()):
         raise ValueError("the Triton RMSNorm needs CUDA tensors (or TRITON_INTERPRET=1); use the reference")
@@ -100,3 +121,17 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
                            y.stride(0), float(eps), HAS_DELTA=True, BLOCK_H=triton.next_power_of_2(H),
                            num_warps=_num_warps(H), **pdl.launch(x))
     return residual, y
+
+
+def embed_rms_norm(ids: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, eps: float,
+                   dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [T] (long, on the table's device) -> (the embedding rows [T, H] in ``dtype``, their RMSNorm), one launch."""
+    _check(table, weight)
+    if ids.dim() != 1 or ids.device != table.device:
+        raise ValueError(f"embed_rms_norm wants ids [T] on the table's device, got {tuple(ids.shape)} on {ids.device}")
+    T, H = ids.shape[0], table.shape[1]
+    x = torch.empty(T, H, dtype=dtype, device=table.device)
+    y = torch.empty_like(x)
+    _embed_rms_norm_kernel[(T,)](ids, table, weight, x, y, H, table.stride(0), float(eps),
+                                 BLOCK_H=triton.next_power_of_2(H), num_warps=_num_warps(H), **pdl.launch(table))
+    return x, y

@@ -2,7 +2,9 @@
 
 One launch replaces ~12 small ones (split, rotate-half for q and k, three cache writes) per layer and token, which
 at batch 1 cost more than the bytes they move. Input is the fused QKV projection ``qkv [T, (Hq + 2*Hkv) * D]``;
-output is the rotated q; rotated k, v and the positions go to cache slot ``slots[t]``. The rotation is YaRN's
+output is the rotated q; rotated k, v and the positions go to cache slot ``slots[t]``, or, for a ring of ``slots``
+slots (an int: the sliding layers' cache), to slot ``positions[t] % slots``, computed in the kernel (a decode step
+then needs no modulo launch before its first layer). The rotation is YaRN's
 (``cos``/``sin`` of ``positions * inv_freq`` times the concentration; half-split as in specs/gpt-oss-model.md §4.5),
 computed in fp32 and rounded once (the reference rounds cos/sin to the activation dtype first, as OpenAI's does).
 """
@@ -17,10 +19,13 @@ from . import pdl
 from .interpret import interpreting
 
 
-def rope_qkv_cache_reference(qkv: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, inv_freq: torch.Tensor,
-                             concentration: float, k_cache: torch.Tensor, v_cache: torch.Tensor,
+def rope_qkv_cache_reference(qkv: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor | int,
+                             inv_freq: torch.Tensor, concentration: float, k_cache: torch.Tensor, v_cache: torch.Tensor,
                              k_pos: torch.Tensor, n_q_heads: int) -> torch.Tensor:
-    """-> q [T, Hq, D]; writes k_cache/v_cache [slots] ([S, Hkv, D]) and k_pos[slots]."""
+    """-> q [T, Hq, D]; writes k_cache/v_cache [slots] ([S, Hkv, D]) and k_pos[slots] (``slots`` an int: a ring of
+    that many slots, slot = position % slots)."""
+    if isinstance(slots, int):
+        slots = positions % slots
     T = qkv.shape[0]
     Hkv, D = k_cache.shape[1], k_cache.shape[2]
     q, k, v = qkv.split([n_q_heads * D, Hkv * D, Hkv * D], dim=-1)
@@ -40,14 +45,17 @@ def rope_qkv_cache_reference(qkv: torch.Tensor, positions: torch.Tensor, slots: 
 
 @triton.jit
 def _rope_qkv_kernel(qkv_ptr, pos_ptr, slot_ptr, inv_freq_ptr, q_ptr, k_ptr, v_ptr, kpos_ptr, stride_qkv,
-                     concentration, HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr):
+                     concentration, RING, HQ: tl.constexpr, HKV: tl.constexpr, HALF: tl.constexpr, PDL: tl.constexpr):
     pdl.wait(PDL)
     t = tl.program_id(0)
     h = tl.program_id(1)  # q heads, then k heads, then v heads
     D: tl.constexpr = 2 * HALF
     offs = tl.arange(0, HALF)
     pos = tl.load(pos_ptr + t)
-    slot = tl.load(slot_ptr + t)
+    if RING > 0:  # a ring of RING slots
+        slot = pos % RING
+    else:
+        slot = tl.load(slot_ptr + t)
     src = qkv_ptr + t * stride_qkv + h * D
     x1 = tl.load(src + offs).to(tl.float32)
     x2 = tl.load(src + HALF + offs).to(tl.float32)
@@ -71,7 +79,7 @@ def _rope_qkv_kernel(qkv_ptr, pos_ptr, slot_ptr, inv_freq_ptr, q_ptr, k_ptr, v_p
         tl.store(dst + HALF + offs, x2.to(v_ptr.dtype.element_ty))
 
 
-def rope_qkv_cache(qkv: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, inv_freq: torch.Tensor,
+def rope_qkv_cache(qkv: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor | int, inv_freq: torch.Tensor,
                    concentration: float, k_cache: torch.Tensor, v_cache: torch.Tensor, k_pos: torch.Tensor,
                    n_q_heads: int) -> torch.Tensor:
     """The Triton version of :func:`rope_qkv_cache_reference` (one launch, no host synchronisation)."""
@@ -83,7 +91,8 @@ def rope_qkv_cache(qkv: torch.Tensor, positions: torch.Tensor, slots: torch.Tens
             or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
         raise ValueError(f"rope_qkv_cache shapes disagree: qkv {tuple(qkv.shape)}, cache {tuple(k_cache.shape)}")
     q = torch.empty(T, n_q_heads, D, dtype=qkv.dtype, device=qkv.device)
-    _rope_qkv_kernel[(T, n_q_heads + 2 * Hkv)](qkv, positions, slots, inv_freq, q, k_cache, v_cache, k_pos,
-                                               qkv.stride(0), float(concentration), HQ=n_q_heads, HKV=Hkv,
-                                               HALF=D // 2, num_warps=1, **pdl.launch(qkv))
+    ring = slots if isinstance(slots, int) else 0
+    _rope_qkv_kernel[(T, n_q_heads + 2 * Hkv)](qkv, positions, positions if ring else slots, inv_freq, q, k_cache,
+                                               v_cache, k_pos, qkv.stride(0), float(concentration), ring,
+                                               HQ=n_q_heads, HKV=Hkv, HALF=D // 2, num_warps=1, **pdl.launch(qkv))
     return q

@@ -33,3 +33,17 @@ def test_rms_norm_and_fused_residual_match_reference(T: int, H: int, dtype: torc
     assert residual.dtype == dtype and normed.dtype == dtype
     torch.testing.assert_close(residual.float(), ref_residual.float(), **_tol(dtype))
     torch.testing.assert_close(normed.float(), ref_normed.float(), **_tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("T,V,H", [(1, 50, 2880), (3, 17, 300)])
+def test_embedding_lookup_with_the_first_norm_matches_reference(T: int, V: int, H: int, dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(V * H)
+    table = (3 * torch.randn(V, H, generator=gen)).to(dtype).to(DEVICE)
+    weight = (torch.rand(H, generator=gen) + 0.5).to(DEVICE)
+    ids = torch.tensor([V - 1, 0, 5][:T], device=DEVICE)
+    x, normed = norm.embed_rms_norm(ids, table, weight, 1e-5, dtype)
+    want_x, want = norm.embed_rms_norm_reference(ids, table, weight, 1e-5, dtype)
+    assert x.dtype == dtype and normed.dtype == dtype
+    assert torch.equal(x, want_x)
+    torch.testing.assert_close(normed.float(), want.float(), **_tol(dtype))

@@ -41,6 +41,20 @@ def test_fused_rope_and_cache_write_match_reference(T, Hq, Hkv, D, S, dtype) -> 
     assert (kpos2[untouched] == -1).all() and (kpos2[slots] == positions).all()
 
 
+def test_a_ring_slot_is_the_position_modulo_its_capacity() -> None:
+    """Sliding layers pass their ring's capacity instead of slots: the kernel takes position % capacity itself."""
+    qkv, _, _, inv_freq, (kc, vc), kpos = _inputs(3, 4, 2, 16, 7, torch.float32, seed=5)
+    positions = torch.tensor([6, 7, 15], device=DEVICE)
+    kc2, vc2, kpos2 = kc.clone(), vc.clone(), kpos.clone()
+    want = rope.rope_qkv_cache_reference(qkv, positions, positions % 7, inv_freq, 1.1, kc, vc, kpos, 4)
+    got = rope.rope_qkv_cache(qkv, positions, 7, inv_freq, 1.1, kc2, vc2, kpos2, 4)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(kc2, kc, rtol=1e-5, atol=1e-4)
+    assert torch.equal(vc2, vc) and kpos2.tolist() == [7, 15, -1, -1, -1, -1, 6]
+    ref_ring = rope.rope_qkv_cache_reference(qkv, positions, 7, inv_freq, 1.1, kc.clone(), vc.clone(), kpos.clone(), 4)
+    assert torch.equal(ref_ring, want)
+
+
 def test_reference_matches_the_model_rope() -> None:
     from gptoss_cli.model.transformer import apply_rope
 

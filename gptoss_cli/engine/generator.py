@@ -145,10 +145,10 @@ class Engine:
         """Sample from ``logits`` (the last prefilled token's), then keep stepping: yields up to ``max_new_tokens``
         ids; a stop id (yielded) or ``should_stop()`` after a yield ends it.
 
-        With CUDA graphs each step samples the next id inside the graph, into the graph's own input, and the next
-        step is queued before that id is read back, so the GPU never waits for the host between tokens. The step
-        is committed to the cache once its id is known to continue the text; otherwise the slots it wrote at the
-        cache's length are emptied again (``drop_uncommitted``).
+        With CUDA graphs each step samples the next id inside the graph, into the graph's own input and a pinned
+        host buffer, and the next step is queued before that id is read, so the GPU never waits for the host
+        between tokens. The step is committed to the cache once its id is known to continue the text; otherwise
+        the slots it wrote at the cache's length are emptied again (``drop_uncommitted``).
         """
         stops = set(stops)
         if self.graphs is None or not self.graphs.samples_inside:
@@ -161,28 +161,26 @@ class Engine:
                     logits = self.step(token)
             return
         cuda = self.device.type == "cuda"
-        ring = torch.empty(2, dtype=torch.long, pin_memory=cuda)  # ids on their way back, two in flight at most
-        ready = [torch.cuda.Event(), torch.cuda.Event()] if cuda else []
-
-        def read_back(i: int, token: torch.Tensor) -> None:
-            ring[i % 2:i % 2 + 1].copy_(token, non_blocking=cuda)
-            if cuda:
-                ready[i % 2].record()
-
-        token_in = self.graphs.token  # the graph's input id; each step samples the next one into it
+        graphs = self.graphs
+        ready = [torch.cuda.Event(), torch.cuda.Event()] if cuda else []  # step i's id has reached the host
+        first = self.cache.length  # the position of the first id; id i is the input of the step at first + i
+        token_in = graphs.token  # the graph's input id; each step samples the next one into it
         token_in.copy_(sampler.pick(logits))
-        read_back(0, token_in)
+        graphs.host_ids[first % graphs.HOST_SLOTS].copy_(token_in[0], non_blocking=cuda)
+        if cuda:
+            ready[0].record()
         pending = False  # a queued step not committed yet
         try:
             for i in range(max_new_tokens):
                 queued = i + 1 < max_new_tokens and self.cache.length < self.cache.context_length
                 if queued:
                     pending = True
-                    self._graph_step(None, sampler)
-                    read_back(i + 1, token_in)
+                    self._graph_step(None, sampler)  # publishes id i + 1 for the host
+                    if cuda:
+                        ready[(i + 1) % 2].record()
                 if cuda:
                     ready[i % 2].synchronize()
-                token = int(ring[i % 2])
+                token = graphs.sampled(first + i)
                 yield token
                 if token in stops or (should_stop is not None and should_stop()):
                     return

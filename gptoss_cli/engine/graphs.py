@@ -6,13 +6,17 @@ two up to 4k, then multiples of 4k) so one graph serves many lengths while readi
 empty slots (masked by their position -1). Graphs are captured lazily, the first time a bucket is reached.
 
 The graph's input is a token id already on the GPU (the embedding row is looked up inside it when the table is on
-the GPU) and, given a sampler, its last kernels sample the next id into that same input, so the engine can queue
-the next step on an id it has not read back yet. Where graphs do not
-exist (a CPU device, in tests) the same step body runs eagerly behind the same interface.
+the GPU) and, given a sampler, its last kernel publishes the next id: into that same input, so the engine can queue
+the next step on an id it has not read back yet; into a pinned host buffer the GPU writes in place, which the host
+reads once the step's event has passed (no copy between graphs); and it advances the position the graph reads, so
+consecutive steps need no fill either. Where graphs do not exist (a CPU device, in tests) the same step body runs
+eagerly behind the same interface.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -45,13 +49,38 @@ def graphs_supported(model: GptOss) -> tuple[bool, str]:
     return True, "ok"
 
 
+def publish_torch(logits: torch.Tensor | None, token: torch.Tensor, host: torch.Tensor, pos: torch.Tensor) -> None:
+    """The end of a sampling step in torch (the eager CPU path): greedy id from ``logits`` (None: ``token`` already
+    holds the sampled id) into ``token`` and ``host[(pos + 1) % n]``, then pos += 1. gptoss_kernels.sample's
+    ``Publisher`` does the same in one Triton launch."""
+    if logits is not None:
+        torch.argmax(logits, dim=-1, keepdim=True, out=token)
+    host.index_copy_(0, ((pos + 1) % host.numel()).to(host.device), token.to(host.device))
+    pos.add_(1)
+
+
+def _publisher(model: GptOss) -> Callable[..., None]:
+    """The Triton publish where the model runs its kernels (CUDA graphs, or the CPU interpreter), else torch's."""
+    if model.ops.graph_safe and (model.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+        from gptoss_kernels.sample import Publisher
+
+        return Publisher(model.device)
+    return publish_torch
+
+
 class DecodeGraphs:
+    HOST_SLOTS = 2  # ids in flight to the host: the engine reads one step's id while the next step runs
+
     def __init__(self, model: GptOss, cache: KVCache) -> None:
         self.model, self.cache = model, cache
         cfg, dev = model.cfg, model.device
         self.token = torch.zeros(1, dtype=torch.long, device=dev)
         self.x = torch.zeros(1, cfg.hidden_size, dtype=model.dtype, device=dev)
         self.pos = torch.zeros(1, dtype=torch.long, device=dev)
+        self.pos_now: int | None = None  # the position ``self.pos`` holds (None: unknown); a sampling step adds one
+        # the id for position p lands in host_ids[p % HOST_SLOTS]; pinned so the GPU writes it in place
+        self.host_ids = torch.zeros(self.HOST_SLOTS, dtype=torch.long, pin_memory=dev.type == "cuda")
+        self.publish = _publisher(model)
         self.u = torch.zeros(1, dtype=torch.float32, device=dev)  # the sampler's uniform number for this step
         w = model.lm_head
         self.logits_inside = (w.q.device if isinstance(w, Int8Weight) else w.device) == dev
@@ -66,27 +95,32 @@ class DecodeGraphs:
         return self.embed_inside and self.logits_inside
 
     def _body(self, kv_len: int, sampler: Sampler | None) -> torch.Tensor:
-        x = self.model.embed(self.token) if self.embed_inside else self.x
         step = self.model.ops.decode_step
-        if step is not None:
-            hidden = step(self.model, x, self.pos, self.cache, kv_len)
+        if step is not None:  # the fused step looks the id up itself
+            hidden = step(self.model, self.token if self.embed_inside else self.x, self.pos, self.cache, kv_len)
         else:
+            x = self.model.embed(self.token) if self.embed_inside else self.x
             hidden = self.model.layers_forward(x, self.pos, partial(self.cache.update_static, kv_len=kv_len))
         if not self.logits_inside:
             return hidden
         logits = self.model.logits(hidden)
         if sampler is not None:
-            sampler.pick(logits[0], self.u, out=self.token)
+            if sampler.params.temperature == 0:
+                self.publish(logits[0], self.token, self.host_ids, self.pos)
+            else:
+                sampler.pick(logits[0], self.u, out=self.token)
+                self.publish(None, self.token, self.host_ids, self.pos)
         return logits
 
     def _capture(self, key: tuple, kv_len: int, sampler: Sampler | None) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # The warm-up compiles and loads the kernels for these shapes, which capture cannot do. It runs on the
         # current stream, from blocks that stream has cached (a side stream would need fresh ones, which a card
         # sized by the plan may not have), and writes the same K/V the step will; it also samples into
-        # self.token, so the input id is put back before the graph first runs.
-        token = self.token.clone()
+        # self.token and advances self.pos, so both are put back before the graph first runs.
+        token, pos = self.token.clone(), self.pos.clone()
         self._body(kv_len, sampler)
         self.token.copy_(token)
+        self.pos.copy_(pos)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
             out = self._body(kv_len, sampler)
@@ -96,8 +130,8 @@ class DecodeGraphs:
     def step(self, token: int | None, position: int, sampler: Sampler | None = None) -> torch.Tensor:
         """Run one decode token at ``position``; returns float32 logits [1, vocab], a buffer the next step
         overwrites. ``token``: an id, or None for the id already in ``self.token`` (a previous step sampled it
-        there; needs ``samples_inside``). With ``sampler`` the step also samples the next id into ``self.token``,
-        inside the graph."""
+        there; needs ``samples_inside``). With ``sampler`` the step also samples the next id, inside the graph, into
+        ``self.token`` and for the host (``sampled``), and moves the graph's position on to ``position + 1``."""
         if (token is None or sampler is not None) and not self.samples_inside:
             raise ValueError("sampling inside the step needs the embedding and lm_head on the GPU")
         if token is not None and self.embed_inside:
@@ -106,7 +140,9 @@ class DecodeGraphs:
             self.x.copy_(self.model.embed(torch.tensor([token])))
         if sampler is not None and sampler.params.temperature > 0:
             self.u.fill_(sampler.draw())
-        self.pos.fill_(position)
+        if self.pos_now != position:
+            self.pos.fill_(position)
+        self.pos_now = None  # unknown until the step has run: an exception may stop it before the graph launches
         kv_len = kv_bucket(position + 1, self.cache.context_length)
         if self.pool is None:
             out = self._body(kv_len, sampler)
@@ -114,4 +150,10 @@ class DecodeGraphs:
             key = (kv_len, sampler.params if sampler is not None else None)
             graph, out = self.graphs.get(key) or self._capture(key, kv_len, sampler)
             graph.replay()
+        self.pos_now = position + 1 if sampler is not None else position
         return out if self.logits_inside else self.model.logits(out)
+
+    def sampled(self, position: int) -> int:
+        """The id a sampling step published for ``position`` (the step at ``position - 1``); read it only after
+        that step has completed (an event recorded after it has passed)."""
+        return int(self.host_ids[position % self.HOST_SLOTS])

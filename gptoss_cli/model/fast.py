@@ -101,11 +101,13 @@ def fast_ops() -> Ops:
     return Ops("triton", linear, rms_norm, attention, moe, graph_safe=True, decode_step=decode_step)
 
 
-def decode_step(model: GptOss, x: torch.Tensor, positions: torch.Tensor, cache: KVCache, kv_len: int,
+def decode_step(model: GptOss, inputs: torch.Tensor, positions: torch.Tensor, cache: KVCache, kv_len: int,
                 cpu_share: dict | None = None) -> torch.Tensor:
-    """One decode token through every layer with fused kernels: RoPE + KV write in one launch, each residual add
-    fused with the next RMSNorm (before the MoE with its router too; after it, inside the MoE's down GEMV). Same
-    math as ``GptOss.layers_forward``; no host synchronisation.
+    """One decode token through every layer with fused kernels: the embedding lookup with the first RMSNorm, RoPE +
+    KV write (ring slot included) in one launch, each residual add fused with the next RMSNorm (before the MoE with
+    its router too; after it, inside the MoE's down GEMV). Same math as ``GptOss.layers_forward``; no host
+    synchronisation. ``inputs``: the token id [1] (long; the embedding table must be on the model's device) or its
+    embedded hidden state [1, H].
 
     ``cpu_share``: layer index -> (HostExchange, slot) for offloaded layers whose experts a CPU worker shares
     (engine/cpu_share.py); one-token steps of those layers go through ``experts_decode_shared``."""
@@ -114,20 +116,21 @@ def decode_step(model: GptOss, x: torch.Tensor, positions: torch.Tensor, cache: 
     from gptoss_kernels import rope as rope_kernels
 
     cfg, ops, eps, layers = model.cfg, model.ops, model.cfg.rms_norm_eps, model.layers
+    ids = inputs if inputs.dtype == torch.long else None
     half = cfg.head_dim // 2
-    if half & (half - 1) or not _on_kernels(x):  # shapes the fused kernels do not take: the unfused step
+    if half & (half - 1) or not _on_kernels(inputs):  # shapes the fused kernels do not take: the unfused step
+        x = model.embed(ids) if ids is not None else inputs
         return model.layers_forward(x, positions, partial(cache.update_static, kv_len=kv_len))
-    ring_slots: dict[int, torch.Tensor] = {}
-    t = norm_kernels.rms_norm(x, layers[0].attn_norm, eps)
+    if ids is not None:
+        x, t = norm_kernels.embed_rms_norm(ids, model.embedding, layers[0].attn_norm, eps, model.dtype)
+    else:
+        x, t = inputs, norm_kernels.rms_norm(inputs, layers[0].attn_norm, eps)
     for i, layer in enumerate(layers):
         lc = cache.layers[i]
         cap = lc.k.shape[0]
-        if lc.ring and cap not in ring_slots:
-            ring_slots[cap] = positions % cap
-        slots = ring_slots[cap] if lc.ring else positions
         qkv = ops.linear(t, layer.qkv_w, layer.qkv_b)
-        q = rope_kernels.rope_qkv_cache(qkv, positions, slots, model.inv_freq, model.concentration, lc.k, lc.v,
-                                        lc.pos, cfg.num_attention_heads)
+        q = rope_kernels.rope_qkv_cache(qkv, positions, cap if lc.ring else positions, model.inv_freq,
+                                        model.concentration, lc.k, lc.v, lc.pos, cfg.num_attention_heads)
         span = cap if lc.ring else kv_len
         window = cfg.sliding_window if layer.sliding else None
         o = ops.attention(q, lc.k[:span], lc.v[:span], layer.sinks, positions, lc.pos[:span], model.sm_scale, window)
