@@ -125,13 +125,19 @@ def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
 
 def embed_rms_norm(ids: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, eps: float,
                    dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [T] (long, on the table's device) -> (the embedding rows [T, H] in ``dtype``, their RMSNorm), one launch."""
-    _check(table, weight)
-    if ids.dim() != 1 or ids.device != table.device:
-        raise ValueError(f"embed_rms_norm wants ids [T] on the table's device, got {tuple(ids.shape)} on {ids.device}")
+    """ids [T] (long) -> (the embedding rows [T, H] in ``dtype``, their RMSNorm) on ids' device, one launch. The
+    table is on that device or, where a plan keeps it in RAM, in pinned host memory the GPU reads in place (one
+    row, a few KB, a token)."""
+    if not (ids.is_cuda or interpreting()):
+        raise ValueError("the Triton embedding lookup needs CUDA tensors (or TRITON_INTERPRET=1)")
+    if table.device != ids.device and not (ids.is_cuda and table.is_pinned()):
+        raise ValueError(f"the embedding table must be on {ids.device} or in pinned host memory, not {table.device}")
+    if ids.dim() != 1 or table.dim() != 2 or table.stride(1) != 1 or weight.shape != (table.shape[1],):
+        raise ValueError(f"embed_rms_norm wants ids [T], a table [V, H] with contiguous rows and weight [H], got "
+                         f"{tuple(ids.shape)}, {tuple(table.shape)} and {tuple(weight.shape)}")
     T, H = ids.shape[0], table.shape[1]
-    x = torch.empty(T, H, dtype=dtype, device=table.device)
+    x = torch.empty(T, H, dtype=dtype, device=ids.device)
     y = torch.empty_like(x)
     _embed_rms_norm_kernel[(T,)](ids, table, weight, x, y, H, table.stride(0), float(eps),
-                                 BLOCK_H=triton.next_power_of_2(H), num_warps=_num_warps(H), **pdl.launch(table))
+                                 BLOCK_H=triton.next_power_of_2(H), num_warps=_num_warps(H), **pdl.launch(ids))
     return x, y

@@ -47,3 +47,20 @@ def test_embedding_lookup_with_the_first_norm_matches_reference(T: int, V: int, 
     assert x.dtype == dtype and normed.dtype == dtype
     assert torch.equal(x, want_x)
     torch.testing.assert_close(normed.float(), want.float(), **_tol(dtype))
+
+
+def test_embedding_lookup_reads_a_table_kept_in_host_ram() -> None:
+    """A plan may keep the table in RAM: pinned, the kernel reads the token's row in place (on a GPU; under the CPU
+    interpreter everything is host memory) and writes its outputs where the ids are."""
+    gen = torch.Generator().manual_seed(7)
+    table = torch.randn(40, 96, generator=gen).to(torch.bfloat16).pin_memory() if torch.cuda.is_available() \
+        else torch.randn(40, 96, generator=gen).to(torch.bfloat16)
+    weight = (torch.rand(96, generator=gen) + 0.5).to(DEVICE)
+    ids = torch.tensor([39], device=DEVICE)
+    x, normed = norm.embed_rms_norm(ids, table, weight, 1e-5, torch.bfloat16)
+    want_x, want = norm.embed_rms_norm_reference(ids.cpu(), table, weight.cpu(), 1e-5, torch.bfloat16)
+    assert x.device == ids.device and torch.equal(x.cpu(), want_x)
+    torch.testing.assert_close(normed.cpu().float(), want.float(), **_tol(torch.bfloat16))
+    if torch.cuda.is_available():
+        with pytest.raises(ValueError, match="pinned"):
+            norm.embed_rms_norm(ids, table.float().bfloat16(), weight, 1e-5, torch.bfloat16)  # pageable RAM

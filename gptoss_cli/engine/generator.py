@@ -330,6 +330,10 @@ def _finish(net: GptOss, cfg: GptOssConfig, dev: torch.device, context: int, chu
         from ..model.fast import pair_experts
 
         pair_experts(net)  # before the KV cache takes its memory: the re-lay needs a few tens of MB of scratch
+    if dev.type == "cuda" and net.embedding.device.type == "cpu" and net.embedding is not net.lm_head:
+        # the plan keeps the table in RAM: pinned, a decode step's kernel reads its one row in place, and the
+        # engine's loop keeps sampling inside the CUDA graph (no host round trip a token)
+        net.embedding = net.embedding.pin_memory()
     cache = KVCache(cfg, context, dev, net.dtype)
     engine = Engine(model=net, config=cfg, cache=cache, prefill_chunk=chunk, offload=offload, **kwargs)
     if note:

@@ -84,8 +84,11 @@ class DecodeGraphs:
         self.u = torch.zeros(1, dtype=torch.float32, device=dev)  # the sampler's uniform number for this step
         w = model.lm_head
         self.logits_inside = (w.q.device if isinstance(w, Int8Weight) else w.device) == dev
-        # a table the plan keeps in RAM is read on the host, outside the graph, into self.x
-        self.embed_inside = model.embedding.device == dev
+        # A table the plan keeps in RAM is pinned (engine/generator.py): the fused step reads the token's row in
+        # place. Without the fused step it is read on the host, outside the graph, into self.x.
+        table = model.embedding
+        self.embed_inside = table.device == dev or (dev.type == "cuda" and table.is_pinned()
+                                                    and model.ops.decode_step is not None)
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if dev.type == "cuda" else None
 

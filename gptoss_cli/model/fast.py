@@ -106,8 +106,8 @@ def decode_step(model: GptOss, inputs: torch.Tensor, positions: torch.Tensor, ca
     """One decode token through every layer with fused kernels: the embedding lookup with the first RMSNorm, RoPE +
     KV write (ring slot included) in one launch, each residual add fused with the next RMSNorm (before the MoE with
     its router too; after it, inside the MoE's down GEMV). Same math as ``GptOss.layers_forward``; no host
-    synchronisation. ``inputs``: the token id [1] (long; the embedding table must be on the model's device) or its
-    embedded hidden state [1, H].
+    synchronisation. ``inputs``: the token id [1] (long; the embedding table on the model's device or, on a CUDA
+    device, in pinned host RAM, read in place) or its embedded hidden state [1, H].
 
     ``cpu_share``: layer index -> (HostExchange, slot) for offloaded layers whose experts a CPU worker shares
     (engine/cpu_share.py); one-token steps of those layers go through ``experts_decode_shared``."""
@@ -117,14 +117,16 @@ def decode_step(model: GptOss, inputs: torch.Tensor, positions: torch.Tensor, ca
 
     cfg, ops, eps, layers = model.cfg, model.ops, model.cfg.rms_norm_eps, model.layers
     ids = inputs if inputs.dtype == torch.long else None
-    half = cfg.head_dim // 2
-    if half & (half - 1) or not _on_kernels(inputs):  # shapes the fused kernels do not take: the unfused step
-        x = model.embed(ids) if ids is not None else inputs
-        return model.layers_forward(x, positions, partial(cache.update_static, kv_len=kv_len))
-    if ids is not None:
+    t = None
+    if ids is not None and _on_kernels(ids):
         x, t = norm_kernels.embed_rms_norm(ids, model.embedding, layers[0].attn_norm, eps, model.dtype)
     else:
-        x, t = inputs, norm_kernels.rms_norm(inputs, layers[0].attn_norm, eps)
+        x = model.embed(ids) if ids is not None else inputs
+    half = cfg.head_dim // 2
+    if half & (half - 1) or not _on_kernels(x):  # shapes the fused kernels do not take: the unfused step
+        return model.layers_forward(x, positions, partial(cache.update_static, kv_len=kv_len))
+    if t is None:
+        t = norm_kernels.rms_norm(x, layers[0].attn_norm, eps)
     for i, layer in enumerate(layers):
         lc = cache.layers[i]
         cap = lc.k.shape[0]
