@@ -4,11 +4,12 @@ and to the host, and advance the position. The torch reference and a Triton kern
 Inside the graph the next id must land in three places: the graph's input id (the next step embeds it), a pinned
 host buffer (the engine streams it), and the step's position must move on by one. torch did this with an argmax (a
 generic reduction), a device-to-host copy and a fill between graphs: three stream operations and two launch gaps a
-token. ``publish`` does it in one launch: each program reduces a slice of the logits to one 64-bit key, the value's
-bits mapped to an order-preserving integer above the complemented index (so the larger value wins, then the lower
-index, as ``torch.argmax``), merged with an atomic max; the last program to finish writes the id to ``token`` and to
-``host[(pos + 1) % len(host)]`` (pinned memory the GPU writes in place, read by the host after the step's event)
-and stores ``pos + 1``. Without logits (a sampled id already in ``token``) one program publishes it.
+token. ``Publisher`` does it in one launch: each program reduces a slice of the logits to one 64-bit key, the
+value's bits mapped to an order-preserving integer above the complemented index (so the larger value wins, then the
+lower index, as ``torch.argmax``; a NaN is not ranked as torch ranks it), merged with an atomic max; the last program
+to finish writes the id to ``token`` and to ``host[(pos + 1) % len(host)]`` (pinned memory the GPU writes in place,
+read by the host after the step's event) and stores ``pos + 1``. Without logits (a sampled id already in ``token``)
+one program publishes it.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ import triton.language as tl
 from . import pdl
 from .interpret import interpreting
 
-BLOCK = 2048  # logits per program (99 programs for the 201,088-token vocabulary); benchmarks/decode_loop_time.py sweeps it
-_KEY_FLOOR = tl.constexpr(-(2**63) + 1)  # below every key (the smallest, -inf's, is about -2**63 + 2**55): the merge's start value
+BLOCK = 2048  # logits a program (99 programs for the 201,088-token vocabulary); decode_loop_time.py sweeps it
+_KEY_FLOOR = tl.constexpr(-(2**63) + 1)  # the merge's start: below every key (-inf's is about -2**63 + 2**55)
 
 
 def publish_reference(logits: torch.Tensor | None, token: torch.Tensor, host: torch.Tensor, pos: torch.Tensor) -> None:
