@@ -15,7 +15,6 @@ eagerly behind the same interface.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from functools import partial
 
@@ -61,7 +60,9 @@ def publish_torch(logits: torch.Tensor | None, token: torch.Tensor, host: torch.
 
 def _publisher(model: GptOss) -> Callable[..., None]:
     """The Triton publish where the model runs its kernels (CUDA graphs, or the CPU interpreter), else torch's."""
-    if model.ops.graph_safe and (model.device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+    from ..model.fast import kernels_run_on
+
+    if model.ops.graph_safe and kernels_run_on(model.device):
         from gptoss_kernels.sample import Publisher
 
         return Publisher(model.device)

@@ -32,9 +32,14 @@ def triton_available() -> tuple[bool, str]:
     return True, "ok"
 
 
+def kernels_run_on(device: torch.device) -> bool:
+    """Whether the Triton kernels take tensors on ``device``: a CUDA device, or any under Triton's CPU interpreter
+    (how CI tests this path)."""
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _on_kernels(x: torch.Tensor) -> bool:
-    """CUDA tensors, or any tensor under Triton's CPU interpreter (how CI tests this path)."""
-    return x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"
+    return kernels_run_on(x.device)
 
 
 def experts_reachable(blocks: torch.Tensor, x: torch.Tensor) -> bool:
